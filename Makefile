@@ -1,0 +1,52 @@
+# lameduck: common tasks. `make` lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+OVERLAY ?= fixed
+VERSION ?= $(shell date +%s)
+URL ?= http://127.0.0.1:8080/
+RATE ?= 50
+DURATION ?= 30s
+OVERLAYS := plain readiness graceful-shutdown fixed
+KUSTOMIZE ?= $(shell command -v kubectl >/dev/null && echo "kubectl kustomize" || echo "kustomize build")
+
+.PHONY: help demo test test-system lint load deploy show bench render
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+demo: ## the main job: a local rolling-upgrade comparison (README set-up command 1)
+	cargo run --release -- lab
+
+test: ## the tests, with nothing but cargo (README set-up command 2)
+	cargo test --workspace
+
+test-system: ## the system suite (needs kubectl/kustomize, nginx, prometheus...; .ci/run installs them)
+	LAMEDUCK_SYSTEM_TESTS=1 cargo test --workspace -- --ignored
+
+lint: ## formatting and clippy, as CI runs them
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+load: ## constant-rate POST load against URL (RATE per second for DURATION), ?wait= 0, 5 and 10 s
+	cargo run --release -- load --url '$(URL)?wait=0' --url '$(URL)?wait=5' --url '$(URL)?wait=10' --rate $(RATE) --duration $(DURATION)
+
+deploy: ## bump VERSION in the pod template and apply OVERLAY (plain|readiness|graceful-shutdown|fixed) with kubectl
+	@mkdir -p k8s/.deploy
+	@printf '%s\n' \
+	  'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' \
+	  'resources:' '  - ../overlays/$(OVERLAY)' \
+	  'patches:' '  - patch: |-' \
+	  '      apiVersion: apps/v1' '      kind: Deployment' '      metadata: {name: demo-app}' \
+	  '      spec: {template: {spec: {containers: [{name: demo-app, env: [{name: VERSION, value: "$(VERSION)"}]}]}}}' \
+	  > k8s/.deploy/kustomization.yaml
+	kubectl apply -k k8s/.deploy
+
+show: ## print the rendered OVERLAY
+	$(KUSTOMIZE) k8s/overlays/$(OVERLAY)
+
+render: ## re-render k8s/rendered/*.yaml from the overlays (the lab reads these; CI checks they are fresh)
+	@for o in $(OVERLAYS); do $(KUSTOMIZE) k8s/overlays/$$o > k8s/rendered/$$o.yaml || exit 1; echo "k8s/rendered/$$o.yaml"; done
+
+bench: ## benchmarks (see benches/README.md)
+	cargo bench --workspace

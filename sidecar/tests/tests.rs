@@ -1,0 +1,1 @@
+//! Integration tests of the sidecar (issue 3).

@@ -1,0 +1,87 @@
+//! Reading Kubernetes manifests as generic, order-preserving trees.
+//!
+//! Documents are read into `serde_json::Value` (with `preserve_order`) rather than
+//! typed structs, so fields this crate does not know (newer API fields, CRDs,
+//! `status`) survive untouched. `kind: List` documents are flattened into their items.
+
+use serde_json::Value;
+
+/// A manifest stream could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The YAML itself is malformed.
+    #[error("{source_name}: malformed YAML: {message}")]
+    Yaml {
+        /// Where the stream came from (a path, or `-` for standard input).
+        source_name: String,
+        /// The parser's message, with its line and column.
+        message: String,
+    },
+    /// A document is valid YAML but not a Kubernetes object.
+    #[error("{source_name}: document {index}: {message}")]
+    NotAnObject {
+        /// Where the stream came from.
+        source_name: String,
+        /// The document's position in the stream, from 0.
+        index: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Parses a multi-document YAML stream; empty documents are skipped and `kind: List`
+/// documents are replaced by their items.
+pub fn parse_documents(source_name: &str, text: &str) -> Result<Vec<Value>, ManifestError> {
+    let documents: Vec<Value> =
+        serde_saphyr::from_str_multiple(text).map_err(|e| ManifestError::Yaml {
+            source_name: source_name.to_owned(),
+            message: e.to_string(),
+        })?;
+    let mut objects = Vec::with_capacity(documents.len());
+    for (index, document) in documents.into_iter().enumerate() {
+        let not_an_object = |message: &str| ManifestError::NotAnObject {
+            source_name: source_name.to_owned(),
+            index,
+            message: message.to_owned(),
+        };
+        match document {
+            Value::Null => {}
+            Value::Object(ref map) if map.get("kind").and_then(Value::as_str) == Some("List") => {
+                let Some(Value::Array(items)) = map.get("items") else {
+                    return Err(not_an_object("kind List without an items array"));
+                };
+                objects.extend(items.iter().cloned());
+            }
+            Value::Object(_) => objects.push(document),
+            _ => return Err(not_an_object("not a mapping")),
+        }
+    }
+    Ok(objects)
+}
+
+/// The `kind` of an object, or `""`.
+pub fn kind(object: &Value) -> &str {
+    object.get("kind").and_then(Value::as_str).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_flattened_and_empty_documents_skipped() {
+        let text = "kind: A\n---\n---\nkind: List\nitems:\n- kind: B\n- kind: C\n";
+        let objects = parse_documents("t", text).expect("valid stream");
+        let kinds: Vec<&str> = objects.iter().map(kind).collect();
+        assert_eq!(kinds, ["A", "B", "C"]);
+    }
+
+    #[test]
+    fn malformed_yaml_names_the_source() {
+        let error = parse_documents("in.yaml", "a: [1, 2\n").expect_err("malformed");
+        assert!(
+            error.to_string().starts_with("in.yaml: malformed YAML"),
+            "{error}"
+        );
+    }
+}

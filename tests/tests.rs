@@ -1,0 +1,4 @@
+//! Integration tests of the `lameduck` CLI crate: one test binary, one module per area.
+
+mod k8s;
+mod system;
