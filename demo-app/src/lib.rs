@@ -70,6 +70,22 @@ pub struct Config {
     pub version: String,
 }
 
+impl Default for Config {
+    /// The binary's defaults, with `POD_NAME`/`VERSION` left empty.
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            startup_delay: Duration::from_secs(5),
+            listen_after_startup: false,
+            graceful_shutdown_timeout: None,
+            idle_timeout: Duration::from_secs(120),
+            max_body: DEFAULT_MAX_BODY,
+            pod: String::new(),
+            version: String::new(),
+        }
+    }
+}
+
 /// Errors that stop the app.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -132,24 +148,18 @@ impl App {
 
 /// Runs the app until `shutdown` resolves, then shuts down as configured.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Exit, Error> {
-    let started = Instant::now();
-    let app = Arc::new(App {
-        ready_at: started + config.startup_delay,
-        max_body: config.max_body,
-        pod: header_value(&config.pod),
-        version: header_value(&config.version),
-    });
     let mut shutdown = pin!(shutdown);
-
+    let mut config = config;
     if config.listen_after_startup {
         info!(delay = ?config.startup_delay, "starting up before listening");
         tokio::select! {
-            _ = tokio::time::sleep_until(app.ready_at) => {}
+            _ = tokio::time::sleep(config.startup_delay) => {}
             _ = &mut shutdown => {
                 info!("signal received during startup, exiting");
                 return Ok(Exit::Abrupt);
             }
         }
+        config.startup_delay = Duration::ZERO;
     }
     let listener = TcpListener::bind(config.listen)
         .await
@@ -157,6 +167,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<E
             addr: config.listen,
             source,
         })?;
+    serve(listener, config, shutdown).await
+}
+
+/// Serves on an already bound `listener` (its `listen` field is ignored): requests
+/// answer 500 until `startup_delay` has passed from now.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Exit, Error> {
+    let app = Arc::new(App {
+        ready_at: Instant::now() + config.startup_delay,
+        max_body: config.max_body,
+        pod: header_value(&config.pod),
+        version: header_value(&config.version),
+    });
+    let mut shutdown = pin!(shutdown);
     let local = listener.local_addr().unwrap_or(config.listen);
     info!(addr = %local, pod = %config.pod, version = %config.version, "listening");
 

@@ -1,0 +1,356 @@
+//! Command-line and environment configuration, validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Default serving address (the pod's traffic arrives here).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
+/// Default app address.
+pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:8080";
+/// Default admin address (`/ready`, `/live`, `/metrics`, `/drain`).
+pub const DEFAULT_ADMIN: &str = "0.0.0.0:9901";
+/// Default app check.
+pub const DEFAULT_APP_CHECK: &str = "tcp";
+/// Default app check period once the app has been ready.
+pub const DEFAULT_APP_CHECK_PERIOD: &str = "1s";
+/// Default app check timeout.
+pub const DEFAULT_APP_CHECK_TIMEOUT: &str = "1s";
+/// Consecutive failures before the app counts as not ready.
+pub const DEFAULT_APP_CHECK_FAILURE_THRESHOLD: u32 = 3;
+/// Consecutive successes before the app counts as ready again.
+pub const DEFAULT_APP_CHECK_SUCCESS_THRESHOLD: u32 = 1;
+/// How long a request may wait for the app to start.
+pub const DEFAULT_STARTUP_HOLD: &str = "30s";
+/// How long to keep accepting after the drain starts (covers endpoint propagation).
+pub const DEFAULT_SHUTDOWN_DELAY: &str = "15s";
+/// How long in-flight requests may take once the listener is closed.
+pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
+/// Idle pooled upstream connections are dropped after this (below Node.js' 5 s).
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: &str = "4s";
+/// Connect timeout to the app.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "1s";
+/// Time to the app's response headers before answering 504.
+pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "60s";
+/// Time a client may take to send a request's headers, from its first byte (slowloris).
+pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+/// Downstream keep-alive idle timeout: above every common proxy's upstream idle timeout
+/// (ingress-nginx 60 s, AWS ALB 60 s, GCLB 600 s), as Envoy's 1 h default is.
+pub const DEFAULT_IDLE_TIMEOUT: &str = "1h";
+/// Largest accepted request head in bytes; larger gets 431.
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 32 * 1024;
+/// The smallest `--max-header-size` (hyper's smallest read buffer).
+pub const MIN_MAX_HEADER_SIZE: usize = 8192;
+
+/// How the sidecar decides whether the app can serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppCheck {
+    /// The app accepts TCP connections.
+    Tcp,
+    /// `GET path` on the app answers 2xx or 3xx.
+    Http {
+        /// Path and query to request.
+        path: String,
+    },
+}
+
+impl FromStr for AppCheck {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "tcp" {
+            return Ok(Self::Tcp);
+        }
+        match s.strip_prefix("http:") {
+            Some(path) if path.starts_with('/') && !path.contains(char::is_whitespace) => {
+                Ok(Self::Http {
+                    path: path.to_owned(),
+                })
+            }
+            _ => Err(format!(
+                "app check {s:?} is not valid: expected `tcp` or `http:/path`"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for AppCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp => f.write_str("tcp"),
+            Self::Http { path } => write!(f, "http:{path}"),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration ({e})"))
+}
+
+/// The drain proxy: fronts an unmodified app so the pod can be rolled without
+/// dropping a request.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "lameduck-sidecar", version)]
+pub struct Args {
+    /// Serving address: the pod's traffic arrives here.
+    #[arg(long, env = "LAMEDUCK_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// The app's address (loopback, in the same pod).
+    #[arg(long, env = "LAMEDUCK_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
+    pub upstream: SocketAddr,
+    /// Admin address: /ready, /live, /metrics, /drain.
+    #[arg(long, env = "LAMEDUCK_ADMIN", default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+    /// How to tell the app can serve: `tcp`, or `http:/path` (2xx or 3xx).
+    #[arg(long, env = "LAMEDUCK_APP_CHECK", default_value = DEFAULT_APP_CHECK)]
+    pub app_check: AppCheck,
+    /// Period of the app check once the app has been ready (every 100 ms before that).
+    #[arg(long, env = "LAMEDUCK_APP_CHECK_PERIOD", default_value = DEFAULT_APP_CHECK_PERIOD, value_parser = duration)]
+    pub app_check_period: Duration,
+    /// Timeout of one app check.
+    #[arg(long, env = "LAMEDUCK_APP_CHECK_TIMEOUT", default_value = DEFAULT_APP_CHECK_TIMEOUT, value_parser = duration)]
+    pub app_check_timeout: Duration,
+    /// Consecutive failed checks before the app counts as not ready.
+    #[arg(long, env = "LAMEDUCK_APP_CHECK_FAILURE_THRESHOLD", default_value_t = DEFAULT_APP_CHECK_FAILURE_THRESHOLD)]
+    pub app_check_failure_threshold: u32,
+    /// Consecutive passed checks before the app counts as ready again.
+    #[arg(long, env = "LAMEDUCK_APP_CHECK_SUCCESS_THRESHOLD", default_value_t = DEFAULT_APP_CHECK_SUCCESS_THRESHOLD)]
+    pub app_check_success_threshold: u32,
+    /// How long a request arriving before the app is ready waits for it (then 503).
+    #[arg(long, env = "LAMEDUCK_STARTUP_HOLD", default_value = DEFAULT_STARTUP_HOLD, value_parser = duration)]
+    pub startup_hold: Duration,
+    /// After the drain starts, keep accepting this long while telling clients to go away.
+    #[arg(long, env = "LAMEDUCK_SHUTDOWN_DELAY", default_value = DEFAULT_SHUTDOWN_DELAY, value_parser = duration)]
+    pub shutdown_delay: Duration,
+    /// Once the listener is closed, how long in-flight requests may take before they are cut.
+    #[arg(long, env = "LAMEDUCK_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// Bearer token that authorizes /drain from a non-loopback address (e.g. the kubelet's preStop).
+    #[arg(long, env = "LAMEDUCK_DRAIN_TOKEN", hide_env_values = true)]
+    pub drain_token: Option<String>,
+    /// Pooled connections to the app idle longer than this are not reused.
+    #[arg(long, env = "LAMEDUCK_UPSTREAM_IDLE_TIMEOUT", default_value = DEFAULT_UPSTREAM_IDLE_TIMEOUT, value_parser = duration)]
+    pub upstream_idle_timeout: Duration,
+    /// Connect timeout to the app.
+    #[arg(long, env = "LAMEDUCK_UPSTREAM_CONNECT_TIMEOUT", default_value = DEFAULT_UPSTREAM_CONNECT_TIMEOUT, value_parser = duration)]
+    pub upstream_connect_timeout: Duration,
+    /// Time to the app's response headers before answering 504.
+    #[arg(long, env = "LAMEDUCK_UPSTREAM_TIMEOUT", default_value = DEFAULT_UPSTREAM_TIMEOUT, value_parser = duration)]
+    pub upstream_timeout: Duration,
+    /// Time a client may take to send a request's headers, counted from its first byte.
+    #[arg(long, env = "LAMEDUCK_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT, value_parser = duration)]
+    pub header_read_timeout: Duration,
+    /// Keep-alive connections from clients idle this long are closed.
+    #[arg(long, env = "LAMEDUCK_IDLE_TIMEOUT", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// Largest accepted request head in bytes (431 beyond).
+    #[arg(long, env = "LAMEDUCK_MAX_HEADER_SIZE", default_value_t = DEFAULT_MAX_HEADER_SIZE)]
+    pub max_header_size: usize,
+    /// Log format.
+    #[arg(long, env = "LAMEDUCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Validate the configuration, print it and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value} is not valid: {reason}")]
+pub struct ConfigError {
+    /// The flag.
+    pub name: &'static str,
+    /// The value given.
+    pub value: String,
+    /// Why it cannot work.
+    pub reason: &'static str,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Serving address.
+    pub listen: SocketAddr,
+    /// The app.
+    pub upstream: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// App check.
+    pub app_check: AppCheck,
+    /// App check period.
+    pub app_check_period: Duration,
+    /// App check timeout.
+    pub app_check_timeout: Duration,
+    /// Failures before not ready.
+    pub app_check_failure_threshold: u32,
+    /// Successes before ready.
+    pub app_check_success_threshold: u32,
+    /// Startup hold.
+    pub startup_hold: Duration,
+    /// Shutdown delay.
+    pub shutdown_delay: Duration,
+    /// Drain timeout.
+    pub drain_timeout: Duration,
+    /// Drain token.
+    pub drain_token: Option<String>,
+    /// Upstream pool idle timeout.
+    pub upstream_idle_timeout: Duration,
+    /// Upstream connect timeout.
+    pub upstream_connect_timeout: Duration,
+    /// Upstream response-header timeout.
+    pub upstream_timeout: Duration,
+    /// Header read timeout.
+    pub header_read_timeout: Duration,
+    /// Downstream idle timeout.
+    pub idle_timeout: Duration,
+    /// Max request head size.
+    pub max_header_size: usize,
+}
+
+fn positive(name: &'static str, value: Duration) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError {
+            name,
+            value: format!("{value:?}"),
+            reason: "must be above zero",
+        });
+    }
+    Ok(value)
+}
+
+impl Args {
+    /// Checks every value that parsing alone cannot.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let distinct = |name: &'static str, a: SocketAddr, b: SocketAddr| {
+            if a.port() != 0 && a == b {
+                return Err(ConfigError {
+                    name,
+                    value: a.to_string(),
+                    reason: "the serving and admin addresses must differ",
+                });
+            }
+            Ok(())
+        };
+        distinct("--admin", self.listen, self.admin)?;
+        if self.listen.port() != 0 && self.listen == self.upstream {
+            return Err(ConfigError {
+                name: "--upstream",
+                value: self.upstream.to_string(),
+                reason: "the sidecar cannot forward to itself",
+            });
+        }
+        for (name, value) in [
+            (
+                "--app-check-failure-threshold",
+                self.app_check_failure_threshold,
+            ),
+            (
+                "--app-check-success-threshold",
+                self.app_check_success_threshold,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError {
+                    name,
+                    value: value.to_string(),
+                    reason: "must be at least 1",
+                });
+            }
+        }
+        if self.max_header_size < MIN_MAX_HEADER_SIZE {
+            return Err(ConfigError {
+                name: "--max-header-size",
+                value: self.max_header_size.to_string(),
+                reason: "must be at least 8192",
+            });
+        }
+        if self.drain_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError {
+                name: "--drain-token",
+                value: "<hidden>".to_owned(),
+                reason: "must be at least 16 characters",
+            });
+        }
+        Ok(Config {
+            listen: self.listen,
+            upstream: self.upstream,
+            admin: self.admin,
+            app_check: self.app_check,
+            app_check_period: positive("--app-check-period", self.app_check_period)?,
+            app_check_timeout: positive("--app-check-timeout", self.app_check_timeout)?,
+            app_check_failure_threshold: self.app_check_failure_threshold,
+            app_check_success_threshold: self.app_check_success_threshold,
+            startup_hold: self.startup_hold,
+            shutdown_delay: self.shutdown_delay,
+            drain_timeout: positive("--drain-timeout", self.drain_timeout)?,
+            drain_token: self.drain_token,
+            upstream_idle_timeout: positive("--upstream-idle-timeout", self.upstream_idle_timeout)?,
+            upstream_connect_timeout: positive(
+                "--upstream-connect-timeout",
+                self.upstream_connect_timeout,
+            )?,
+            upstream_timeout: positive("--upstream-timeout", self.upstream_timeout)?,
+            header_read_timeout: positive("--header-read-timeout", self.header_read_timeout)?,
+            idle_timeout: positive("--idle-timeout", self.idle_timeout)?,
+            max_header_size: self.max_header_size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["lameduck-sidecar"];
+        all.extend_from_slice(args);
+        Args::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = parse(&[]).expect("defaults");
+        assert_eq!(config.shutdown_delay, Duration::from_secs(15));
+        assert_eq!(config.app_check, AppCheck::Tcp);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let error = parse(&["--app-check", "grpc"]).expect_err("bad check");
+        assert!(error.contains("\"grpc\""), "{error}");
+        let error = parse(&["--drain-timeout", "0s"]).expect_err("zero");
+        assert!(
+            error.starts_with("--drain-timeout=0ns is not valid"),
+            "{error}"
+        );
+        let error = parse(&["--admin", "0.0.0.0:8000"]).expect_err("same port");
+        assert!(error.contains("--admin=0.0.0.0:8000"), "{error}");
+        let error = parse(&["--max-header-size", "100"]).expect_err("small");
+        assert!(error.contains("--max-header-size=100"), "{error}");
+    }
+
+    #[test]
+    fn http_check_keeps_its_path() {
+        let config = parse(&["--app-check", "http:/readyz?full=1"]).expect("http check");
+        assert_eq!(
+            config.app_check,
+            AppCheck::Http {
+                path: "/readyz?full=1".to_owned()
+            }
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! The sidecar's phases and the one drain sequence that moves through them.
+//!
+//! `Starting` → `Serving` when the app first passes its check; any drain trigger
+//! (SIGTERM, SIGINT, `/drain`) moves to `ShutdownDelay` (still accepting, clients told
+//! to go away), then `Draining` (listener closed, in-flight requests finishing), then
+//! `Drained`. Triggers are idempotent: every caller waits for the same outcome.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+
+/// Where the sidecar is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// The app has not passed its check yet; requests are held.
+    Starting,
+    /// Normal operation.
+    Serving,
+    /// Drain started: still accepting, `Connection: close` and GOAWAY on everything.
+    ShutdownDelay,
+    /// The listener is closed; in-flight requests are finishing.
+    Draining,
+    /// Nothing is left in flight (or it was cut at the drain timeout).
+    Drained,
+}
+
+impl Phase {
+    /// Every phase, in order.
+    pub const ALL: [Phase; 5] = [
+        Phase::Starting,
+        Phase::Serving,
+        Phase::ShutdownDelay,
+        Phase::Draining,
+        Phase::Drained,
+    ];
+
+    /// The metric label / log name of the phase.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Serving => "serving",
+            Phase::ShutdownDelay => "shutdown_delay",
+            Phase::Draining => "draining",
+            Phase::Drained => "drained",
+        }
+    }
+
+    /// Whether the drain has started.
+    pub fn is_draining(self) -> bool {
+        self >= Phase::ShutdownDelay
+    }
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// Every in-flight request finished.
+    Drained,
+    /// The drain timeout passed; this many requests were cut.
+    TimedOut {
+        /// Requests still in flight at the deadline.
+        cut: u64,
+    },
+}
+
+impl DrainOutcome {
+    /// The metric label of the outcome.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainOutcome::Drained => "drained",
+            DrainOutcome::TimedOut { .. } => "timed_out",
+        }
+    }
+}
+
+/// Shared handle on the phase; cheap to clone into every connection.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    phase: watch::Sender<Phase>,
+    app_ready: watch::Sender<bool>,
+    drain_requested: AtomicBool,
+    trigger: watch::Sender<Option<&'static str>>,
+    outcome: watch::Sender<Option<DrainOutcome>>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lifecycle {
+    /// A lifecycle in `Starting`.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                phase: watch::channel(Phase::Starting).0,
+                app_ready: watch::channel(false).0,
+                drain_requested: AtomicBool::new(false),
+                trigger: watch::channel(None).0,
+                outcome: watch::channel(None).0,
+            }),
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.inner.phase.borrow()
+    }
+
+    /// A receiver that sees every phase change.
+    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.inner.phase.subscribe()
+    }
+
+    /// Moves to `next` if it is later than the current phase; returns whether it moved.
+    pub fn advance(&self, next: Phase) -> bool {
+        self.inner.phase.send_if_modified(|phase| {
+            if next > *phase {
+                *phase = next;
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Records the app check's verdict; the first pass ends `Starting`.
+    pub fn set_app_ready(&self, ready: bool) {
+        self.inner.app_ready.send_if_modified(|current| {
+            let changed = *current != ready;
+            *current = ready;
+            changed
+        });
+        if ready {
+            self.advance(Phase::Serving);
+        }
+    }
+
+    /// Whether the app currently passes its check.
+    pub fn app_ready(&self) -> bool {
+        *self.inner.app_ready.borrow()
+    }
+
+    /// Whether the pod should receive traffic: the app is ready and no drain started.
+    pub fn ready(&self) -> bool {
+        self.app_ready() && !self.phase().is_draining()
+    }
+
+    /// Waits until the app has passed its check at least once (the phase left `Starting`).
+    pub async fn app_started(&self) {
+        let mut phase = self.watch_phase();
+        let _ = phase.wait_for(|p| *p != Phase::Starting).await;
+    }
+
+    /// Starts the drain (idempotent); `cause` names the trigger for logs.
+    pub fn trigger_drain(&self, cause: &'static str) -> bool {
+        if self.inner.drain_requested.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.inner.trigger.send_replace(Some(cause));
+        true
+    }
+
+    /// Waits for the first drain trigger and returns its cause.
+    pub async fn drain_triggered(&self) -> &'static str {
+        let mut trigger = self.inner.trigger.subscribe();
+        match trigger.wait_for(Option::is_some).await {
+            Ok(cause) => cause.unwrap_or("unknown"),
+            // The sender lives in `self`, so it cannot be dropped while we wait.
+            Err(_) => "unknown",
+        }
+    }
+
+    /// Records the end of the drain.
+    pub fn finish_drain(&self, outcome: DrainOutcome) {
+        self.inner.outcome.send_replace(Some(outcome));
+        self.advance(Phase::Drained);
+    }
+
+    /// Waits until the drain has finished.
+    pub async fn drained(&self) -> DrainOutcome {
+        let mut outcome = self.inner.outcome.subscribe();
+        match outcome.wait_for(Option::is_some).await {
+            Ok(o) => o.unwrap_or(DrainOutcome::Drained),
+            Err(_) => DrainOutcome::Drained,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_only_move_forward() {
+        let lifecycle = Lifecycle::new();
+        assert!(!lifecycle.ready());
+        lifecycle.set_app_ready(true);
+        assert_eq!(lifecycle.phase(), Phase::Serving);
+        assert!(lifecycle.ready());
+        assert!(lifecycle.advance(Phase::ShutdownDelay));
+        assert!(!lifecycle.ready(), "not ready once draining");
+        assert!(!lifecycle.advance(Phase::Serving));
+        lifecycle.set_app_ready(true);
+        assert_eq!(lifecycle.phase(), Phase::ShutdownDelay);
+    }
+
+    #[test]
+    fn drain_trigger_is_idempotent() {
+        let lifecycle = Lifecycle::new();
+        assert!(lifecycle.trigger_drain("SIGTERM"));
+        assert!(!lifecycle.trigger_drain("/drain"));
+    }
+}

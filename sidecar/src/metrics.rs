@@ -1,0 +1,197 @@
+//! The sidecar's Prometheus metrics, registered on a registry the binary owns.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::lifecycle::{DrainOutcome, Phase};
+
+/// Request duration buckets, seconds: sub-millisecond proxying up to long requests.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+/// Drain duration buckets, seconds.
+const DRAIN_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0,
+];
+
+/// Every metric the sidecar exports. See docs/metrics.md.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Requests answered, by status class and the phase they started in.
+    pub requests: IntCounterVec,
+    /// Request duration (to the end of the response body), by phase.
+    pub request_duration: HistogramVec,
+    /// Requests in flight.
+    pub requests_in_flight: IntGauge,
+    /// 1 for the current phase, 0 for the others.
+    pub phase: IntGaugeVec,
+    /// Whether the app passes its check.
+    pub app_ready: IntGauge,
+    /// Drains, by outcome.
+    pub drains: IntCounterVec,
+    /// Time from the drain trigger to its end.
+    pub drain_duration: Histogram,
+    /// Requests that waited for the app to start.
+    pub startup_held_requests: IntCounter,
+    /// Requests answered 503 because the app did not start within the startup hold.
+    pub startup_hold_expired: IntCounter,
+    /// Failed connects to the app.
+    pub upstream_connect_errors: IntCounter,
+    /// Requests sent again on a fresh connection, by reason.
+    pub upstream_retries: IntCounterVec,
+    /// Requests cut at the drain timeout.
+    pub requests_cut: IntCounter,
+    /// Client connections open.
+    pub connections_open: IntGauge,
+    /// Client connections closed for sending headers too slowly.
+    pub header_read_timeouts: IntCounter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them on `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "lameduck_requests_total",
+                    "Requests answered by the sidecar, by status class and the phase the request started in.",
+                ),
+                &["code_class", "phase"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "lameduck_request_duration_seconds",
+                    "Time from request head to the end of the response body, by the phase the request started in.",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["phase"],
+            )?,
+            requests_in_flight: IntGauge::new(
+                "lameduck_requests_in_flight",
+                "Requests being proxied now.",
+            )?,
+            phase: IntGaugeVec::new(
+                Opts::new(
+                    "lameduck_phase",
+                    "1 for the sidecar's current phase (starting, serving, shutdown_delay, draining, drained), 0 otherwise.",
+                ),
+                &["phase"],
+            )?,
+            app_ready: IntGauge::new(
+                "lameduck_app_ready",
+                "1 while the app passes its check.",
+            )?,
+            drains: IntCounterVec::new(
+                Opts::new(
+                    "lameduck_drains_total",
+                    "Completed drains, by outcome (drained, timed_out).",
+                ),
+                &["outcome"],
+            )?,
+            drain_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "lameduck_drain_duration_seconds",
+                    "Time from the drain trigger to the last in-flight request finishing or being cut.",
+                )
+                .buckets(DRAIN_BUCKETS.to_vec()),
+            )?,
+            startup_held_requests: IntCounter::new(
+                "lameduck_startup_held_requests_total",
+                "Requests that arrived before the app was ready and waited for it.",
+            )?,
+            startup_hold_expired: IntCounter::new(
+                "lameduck_startup_hold_expired_total",
+                "Requests answered 503 because the app was not ready within the startup hold.",
+            )?,
+            upstream_connect_errors: IntCounter::new(
+                "lameduck_upstream_connect_errors_total",
+                "Failed connection attempts to the app.",
+            )?,
+            upstream_retries: IntCounterVec::new(
+                Opts::new(
+                    "lameduck_upstream_retries_total",
+                    "Requests sent again to the app on a fresh connection, by reason.",
+                ),
+                &["reason"],
+            )?,
+            requests_cut: IntCounter::new(
+                "lameduck_requests_cut_total",
+                "Requests still in flight when the drain timeout passed.",
+            )?,
+            connections_open: IntGauge::new(
+                "lameduck_connections_open",
+                "Client connections open on the serving port.",
+            )?,
+            header_read_timeouts: IntCounter::new(
+                "lameduck_header_read_timeouts_total",
+                "Client connections closed for not sending a request head within the header read timeout.",
+            )?,
+        };
+        registry.register(Box::new(metrics.requests.clone()))?;
+        registry.register(Box::new(metrics.request_duration.clone()))?;
+        registry.register(Box::new(metrics.requests_in_flight.clone()))?;
+        registry.register(Box::new(metrics.phase.clone()))?;
+        registry.register(Box::new(metrics.app_ready.clone()))?;
+        registry.register(Box::new(metrics.drains.clone()))?;
+        registry.register(Box::new(metrics.drain_duration.clone()))?;
+        registry.register(Box::new(metrics.startup_held_requests.clone()))?;
+        registry.register(Box::new(metrics.startup_hold_expired.clone()))?;
+        registry.register(Box::new(metrics.upstream_connect_errors.clone()))?;
+        registry.register(Box::new(metrics.upstream_retries.clone()))?;
+        registry.register(Box::new(metrics.requests_cut.clone()))?;
+        registry.register(Box::new(metrics.connections_open.clone()))?;
+        registry.register(Box::new(metrics.header_read_timeouts.clone()))?;
+        // Pre-create label values so every series exists from the start.
+        for phase in Phase::ALL {
+            metrics.phase.with_label_values(&[phase.as_str()]).set(0);
+        }
+        for outcome in [DrainOutcome::Drained, DrainOutcome::TimedOut { cut: 0 }] {
+            metrics.drains.with_label_values(&[outcome.as_str()]);
+        }
+        metrics.set_phase(Phase::Starting);
+        Ok(metrics)
+    }
+
+    /// Marks `current` as the phase.
+    pub fn set_phase(&self, current: Phase) {
+        for phase in Phase::ALL {
+            self.phase
+                .with_label_values(&[phase.as_str()])
+                .set(i64::from(phase == current));
+        }
+    }
+
+    /// Records a finished drain.
+    pub fn record_drain(&self, outcome: DrainOutcome, seconds: f64) {
+        self.drains.with_label_values(&[outcome.as_str()]).inc();
+        self.drain_duration.observe(seconds);
+        if let DrainOutcome::TimedOut { cut } = outcome {
+            self.requests_cut.inc_by(cut);
+        }
+    }
+}
+
+/// Renders `registry` in the Prometheus text format (0.0.4).
+pub fn encode(registry: &Registry) -> (String, Vec<u8>) {
+    let encoder = TextEncoder::new();
+    let mut buffer = Vec::new();
+    // Encoding into a Vec only fails on invalid metric families, which `register` rejects.
+    if let Err(error) = encoder.encode(&registry.gather(), &mut buffer) {
+        tracing::warn!(%error, "encoding metrics failed");
+    }
+    (encoder.format_type().to_owned(), buffer)
+}
+
+/// The status class label of a status code.
+pub fn code_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

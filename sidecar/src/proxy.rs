@@ -1,0 +1,452 @@
+//! One request through the sidecar: hold while the app starts, clean the headers,
+//! forward, and account for the request until the last byte of its response.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::connection::ConnState;
+use crate::lifecycle::{Lifecycle, Phase};
+use crate::metrics::{Metrics, code_class};
+use crate::upstream::{Body, BoxError, Lease, Upstream, UpstreamError, full};
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Everything a request needs; one per sidecar, shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    pub(crate) config: Config,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) metrics: Metrics,
+    pub(crate) upstream: Arc<Upstream>,
+    /// Connection and tunnel tasks, awaited by the drain.
+    pub(crate) tasks: TaskTracker,
+    /// Cancelled at the drain timeout: everything still open is cut.
+    pub(crate) cut: CancellationToken,
+}
+
+impl Proxy {
+    /// Proxies one request from `peer`.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+        conn: Arc<ConnState>,
+    ) -> Response<Body> {
+        let guard = RequestGuard::start(self.clone(), conn);
+        let downstream_version = request.version();
+        let upgrade = (downstream_version == Version::HTTP_11)
+            .then(|| upgrade_protocol(request.headers()))
+            .flatten();
+        let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+
+        let mut response = match self.forward(request, peer, upgrade).await {
+            Ok((response, lease)) => self.relay(response, lease, on_upgrade),
+            Err(response) => response,
+        };
+        if downstream_version < Version::HTTP_2 && self.lifecycle.phase().is_draining() {
+            // Tell HTTP/1 clients to take their next request elsewhere.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let (parts, body) = response.into_parts();
+        let status = parts.status.as_u16();
+        Response::from_parts(parts, Tracked::new(body, guard, status).boxed_unsync())
+    }
+
+    /// Waits for the app if needed and sends the request; a ready-made error response otherwise.
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        upgrade: Option<HeaderValue>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), Response<Body>> {
+        let arrived = Instant::now();
+        let mut hold_until = None;
+        if self.lifecycle.phase() == Phase::Starting {
+            self.metrics.startup_held_requests.inc();
+            let deadline = arrived + self.config.startup_hold;
+            if tokio::time::timeout_at(deadline, self.lifecycle.app_started())
+                .await
+                .is_err()
+            {
+                self.metrics.startup_hold_expired.inc();
+                return Err(local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the app did not become ready within the startup hold\n",
+                ));
+            }
+            hold_until = Some(deadline);
+        }
+        let request = upstream_request(request, peer, upgrade);
+        let sent = tokio::time::timeout(
+            self.config.upstream_timeout,
+            self.upstream.send(request, hold_until),
+        )
+        .await;
+        match sent {
+            Ok(Ok((response, lease))) => Ok((response, Some(lease))),
+            Ok(Err(error)) => {
+                debug!(error = %error_chain(&error), "upstream request failed");
+                Err(match error {
+                    UpstreamError::ConnectTimeout { .. } => local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "connecting to the app timed out\n",
+                    ),
+                    UpstreamError::Connect { .. } => {
+                        local(StatusCode::BAD_GATEWAY, "the app refused the connection\n")
+                    }
+                    UpstreamError::Handshake(_) | UpstreamError::Request(_) => local(
+                        StatusCode::BAD_GATEWAY,
+                        "the app closed the connection without answering\n",
+                    ),
+                })
+            }
+            Err(_) => Err(local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the app did not answer in time\n",
+            )),
+        }
+    }
+
+    /// Turns the app's response into the client's, tunnelling an accepted upgrade.
+    fn relay(
+        &self,
+        response: Response<Incoming>,
+        lease: Option<Lease>,
+        on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Body> {
+        let (mut parts, body) = response.into_parts();
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        let upgrade = switching
+            .then(|| parts.headers.get(header::UPGRADE).cloned())
+            .flatten();
+        strip_hop_by_hop(&mut parts.headers);
+        match (upgrade, on_upgrade) {
+            (Some(protocol), Some(downstream)) => {
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(header::UPGRADE, protocol);
+                let mut upstream_response = Response::from_parts(parts.clone(), body);
+                let upstream = hyper::upgrade::on(&mut upstream_response);
+                self.tunnel(downstream, upstream);
+                // The lease's connection now belongs to the tunnel.
+                drop(lease);
+                Response::from_parts(parts, crate::upstream::empty())
+            }
+            _ => {
+                let body = Leased::new(body, lease, self.upstream.clone());
+                Response::from_parts(parts, body.boxed_unsync())
+            }
+        }
+    }
+
+    fn tunnel(&self, downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+        let cut = self.cut.clone();
+        self.tasks.spawn(async move {
+            let (down, up) = match tokio::try_join!(downstream, upstream) {
+                Ok(pair) => pair,
+                Err(error) => {
+                    debug!(%error, "upgrade failed");
+                    return;
+                }
+            };
+            let mut down = TokioIo::new(down);
+            let mut up = TokioIo::new(up);
+            tokio::select! {
+                result = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+                    if let Err(error) = result {
+                        debug!(%error, "tunnel closed with an error");
+                    }
+                }
+                _ = cut.cancelled() => debug!("tunnel cut at the drain timeout"),
+            }
+        });
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The `Upgrade` protocol a client asks for (WebSocket and the like; never h2c).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = headers.get(header::UPGRADE)?;
+    let h2c = protocol
+        .to_str()
+        .is_ok_and(|p| p.trim().eq_ignore_ascii_case("h2c"));
+    (asks && !h2c).then(|| protocol.clone())
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The request as the app should see it: origin-form URI, HTTP/1.1, a Host header,
+/// hop-by-hop headers removed, `x-forwarded-for` and `x-forwarded-proto` added.
+fn upstream_request(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    upgrade: Option<HeaderValue>,
+) -> Request<Body> {
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    let peer_ip = peer.ip().to_string();
+    let forwarded_for = match parts.headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
+        Some(Ok(existing)) if !existing.trim().is_empty() => format!("{existing}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        parts.headers.insert(X_FORWARDED_FOR, value);
+    }
+    if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
+        parts
+            .headers
+            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+}
+
+/// A response the sidecar makes itself.
+fn local(status: StatusCode, message: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(message));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Counts one request from its head to the end (or abandonment) of its response.
+#[derive(Debug)]
+pub(crate) struct RequestGuard {
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnState>,
+    phase: Phase,
+    started: Instant,
+}
+
+impl RequestGuard {
+    fn start(proxy: Arc<Proxy>, conn: Arc<ConnState>) -> Self {
+        proxy.metrics.requests_in_flight.inc();
+        conn.request_started();
+        Self {
+            phase: proxy.lifecycle.phase(),
+            proxy,
+            conn,
+            started: Instant::now(),
+        }
+    }
+
+    fn finish(self, status: u16) {
+        let metrics = &self.proxy.metrics;
+        metrics
+            .requests
+            .with_label_values(&[code_class(status), self.phase.as_str()])
+            .inc();
+        metrics
+            .request_duration
+            .with_label_values(&[self.phase.as_str()])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.proxy.metrics.requests_in_flight.dec();
+        self.conn.request_done();
+    }
+}
+
+/// The response body, holding the request's guard until the body ends or is dropped.
+struct Tracked {
+    inner: Body,
+    guard: Option<RequestGuard>,
+    status: u16,
+}
+
+impl Tracked {
+    fn new(inner: Body, guard: RequestGuard, status: u16) -> Self {
+        let mut tracked = Self {
+            inner,
+            guard: Some(guard),
+            status,
+        };
+        if tracked.inner.is_end_stream() {
+            tracked.finish(tracked.status);
+        }
+        tracked
+    }
+
+    fn finish(&mut self, status: u16) {
+        if let Some(guard) = self.guard.take() {
+            guard.finish(status);
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Abandoned before its end: the client went away or the connection was cut.
+        // 499 in the nginx sense is not a real status; count it as a 5xx failure.
+        if self.guard.is_some() {
+            self.finish(if self.status < 500 { 599 } else { self.status });
+        }
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.finish(this.status),
+            Poll::Ready(Some(Err(error))) => {
+                warn!(%error, "response body failed mid-stream");
+                this.finish(599);
+            }
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(this.status),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The app's response body; its connection goes back to the pool when the body ends.
+struct Leased {
+    inner: Incoming,
+    lease: Option<Lease>,
+    upstream: Arc<Upstream>,
+}
+
+impl Leased {
+    fn new(inner: Incoming, lease: Option<Lease>, upstream: Arc<Upstream>) -> Self {
+        let mut leased = Self {
+            inner,
+            lease,
+            upstream,
+        };
+        if leased.inner.is_end_stream() {
+            leased.release();
+        }
+        leased
+    }
+
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.upstream.release(lease);
+        }
+    }
+}
+
+impl HttpBody for Leased {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => drop(this.lease.take()),
+            _ => {}
+        }
+        polled.map(|frame| frame.map(|result| result.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
