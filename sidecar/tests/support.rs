@@ -77,6 +77,7 @@ pub(crate) fn start_app(config: demo_app::Config) -> AppHandle {
 /// Builds a sidecar process.
 pub(crate) struct Sidecar {
     args: Vec<String>,
+    admin: String,
 }
 
 impl Sidecar {
@@ -84,10 +85,16 @@ impl Sidecar {
         Self {
             args: vec![
                 "--listen=127.0.0.1:0".to_owned(),
-                "--admin=127.0.0.1:0".to_owned(),
                 format!("--upstream={upstream}"),
             ],
+            admin: "127.0.0.1:0".to_owned(),
         }
+    }
+
+    /// Binds the admin port on `ip` (port 0) instead of loopback.
+    pub(crate) fn admin(mut self, ip: std::net::IpAddr) -> Self {
+        self.admin = SocketAddr::new(ip, 0).to_string();
+        self
     }
 
     pub(crate) fn arg(mut self, arg: &str) -> Self {
@@ -98,6 +105,7 @@ impl Sidecar {
     pub(crate) async fn start(self) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lameduck-sidecar"))
             .args(&self.args)
+            .arg(format!("--admin={}", self.admin))
             .env("LAMEDUCK_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

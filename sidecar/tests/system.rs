@@ -100,3 +100,141 @@ async fn nghttp_sees_goaway_and_its_stream_completes() {
     );
     assert_eq!(drain.await.expect("drain").status, 200);
 }
+
+/// A network namespace joined to this one by a veth pair: the host side is
+/// 198.18.<n>.1, the namespace side 198.18.<n>.2 (198.18.0.0/15 is reserved for
+/// network tests). Deleted, with its veth pair, when dropped.
+struct NetNs {
+    name: String,
+    host_ip: std::net::Ipv4Addr,
+}
+
+impl NetNs {
+    fn create(ip: &std::path::Path, subnet: u8) -> Self {
+        let id = std::process::id() % 100_000;
+        let name = format!("lameduck-{id}-{subnet}");
+        let (host_if, ns_if) = (format!("ldh{id}x{subnet}"), format!("ldn{id}x{subnet}"));
+        let host_ip = std::net::Ipv4Addr::new(198, 18, subnet, 1);
+        let run = |args: &[&str]| {
+            let status = std::process::Command::new(ip)
+                .args(args)
+                .status()
+                .expect("running ip");
+            assert!(
+                status.success(),
+                "ip {args:?} failed (the system suite runs as root)"
+            );
+        };
+        run(&["netns", "add", &name]);
+        let ns = Self { name, host_ip };
+        run(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        run(&["link", "set", &ns_if, "netns", &ns.name]);
+        run(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        run(&["link", "set", &host_if, "up"]);
+        let ns_ip = format!("198.18.{subnet}.2/30");
+        run(&["-n", &ns.name, "addr", "add", &ns_ip, "dev", &ns_if]);
+        run(&["-n", &ns.name, "link", "set", &ns_if, "up"]);
+        run(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs curl inside the namespace and returns the HTTP status it got.
+    fn curl_status(&self, curl: &std::path::Path, url: &str, extra: &[&str]) -> String {
+        let output = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(curl)
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("running curl in the namespace");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[tokio::test]
+#[ignore = "system suite: needs root, iproute2 and curl (a network namespace)"]
+async fn drain_from_a_non_loopback_address_needs_the_token() {
+    let ip = require("ip", "iproute2");
+    let curl = require("curl", "curl");
+    let netns = NetNs::create(&ip, 77);
+    let app = start_app(app_config());
+    let token = "drain-token-for-the-system-suite";
+
+    let open = Sidecar::new(app.addr)
+        .admin(netns.host_ip.into())
+        .arg("--shutdown-delay=0s")
+        .start()
+        .await;
+    let url = format!("http://{}/drain", open.admin);
+    assert_eq!(
+        netns.curl_status(&curl, &url, &[]),
+        "403",
+        "no token configured"
+    );
+    assert_eq!(
+        netns.curl_status(
+            &curl,
+            &url,
+            &["-H", &format!("Authorization: Bearer {token}")]
+        ),
+        "403",
+        "a token is useless when none is configured"
+    );
+    let ready = format!("http://{}/ready", open.admin);
+    assert_eq!(
+        netns.curl_status(&curl, &ready, &[]),
+        "200",
+        "probes stay open; the drain did not start"
+    );
+
+    let guarded = Sidecar::new(app.addr)
+        .admin(netns.host_ip.into())
+        .arg("--shutdown-delay=0s")
+        .arg(&format!("--drain-token={token}"))
+        .start()
+        .await;
+    let url = format!("http://{}/drain", guarded.admin);
+    assert_eq!(netns.curl_status(&curl, &url, &[]), "401");
+    assert_eq!(
+        netns.curl_status(
+            &curl,
+            &url,
+            &["-H", "Authorization: Bearer wrong-token-wrong-token"]
+        ),
+        "401"
+    );
+    let ready = format!("http://{}/ready", guarded.admin);
+    assert_eq!(
+        netns.curl_status(&curl, &ready, &[]),
+        "200",
+        "refused drains change nothing"
+    );
+    assert_eq!(
+        netns.curl_status(
+            &curl,
+            &url,
+            &["-H", &format!("Authorization: Bearer {token}")]
+        ),
+        "200"
+    );
+    assert_eq!(netns.curl_status(&curl, &ready, &[]), "503");
+}
