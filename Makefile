@@ -48,5 +48,5 @@ show: ## print the rendered OVERLAY
 render: ## re-render k8s/rendered/*.yaml from the overlays (the lab reads these; CI checks they are fresh)
 	@for o in $(OVERLAYS); do $(KUSTOMIZE) k8s/overlays/$$o > k8s/rendered/$$o.yaml || exit 1; echo "k8s/rendered/$$o.yaml"; done
 
-bench: ## benchmarks (see benches/README.md)
-	cargo bench --workspace
+bench: ## benchmarks, side by side in one run (see benches/README.md)
+	benches/proxy-overhead/run.sh
