@@ -1,18 +1,32 @@
 //! The `lameduck` binary: parses the command line and calls the library.
 
+mod cmd_load;
+
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Roll out unmodified HTTP apps on Kubernetes without dropping a request.
-///
-/// Subcommands arrive with their issues: `load`, `inject`, `check`, `lab`.
 #[derive(Debug, Parser)]
 #[command(name = "lameduck", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Constant-rate POST load that records and classifies every request.
+    Load(cmd_load::LoadArgs),
+}
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("lameduck: no subcommand is available yet; see `lameduck --help`");
-    ExitCode::from(64)
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Load(args) => cmd_load::run(args),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("lameduck: {error:#}");
+        ExitCode::FAILURE
+    })
 }

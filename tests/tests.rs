@@ -1,4 +1,5 @@
 //! Integration tests of the `lameduck` CLI crate: one test binary, one module per area.
 
 mod k8s;
+mod load;
 mod system;

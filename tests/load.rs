@@ -1,0 +1,347 @@
+//! `lameduck load`: the real binary against real servers on loopback.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A temporary directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lameduck-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The demo app, in this process, on a port-0 listener.
+async fn demo_app() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = demo_app::Config {
+        startup_delay: Duration::ZERO,
+        pod: "pod-a".to_owned(),
+        version: "7".to_owned(),
+        ..demo_app::Config::default()
+    };
+    tokio::spawn(demo_app::serve(listener, config, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+fn load(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lameduck"));
+    command
+        .arg("load")
+        .arg("--quiet")
+        .args(args)
+        .kill_on_drop(true);
+    command
+}
+
+async fn run(args: &[&str]) -> Output {
+    load(args).output().await.expect("running lameduck load")
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("records file");
+    text.lines()
+        .map(|line| serde_json::from_str(line).expect("every line is JSON"))
+        .collect()
+}
+
+fn summary(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).expect("summary file")).expect("summary JSON")
+}
+
+#[tokio::test]
+async fn ten_seconds_at_500_per_second_gives_exactly_5000_records_all_200() {
+    let (addr, _stop) = demo_app().await;
+    let dir = TempDir::new("rate");
+    let (out, sum) = (dir.path("r.jsonl"), dir.path("s.json"));
+    let url = format!("http://{addr}/");
+    let output = run(&[
+        "--url",
+        &url,
+        "--rate",
+        "500",
+        "--duration",
+        "10s",
+        "-o",
+        out.to_str().expect("path"),
+        "--json-summary",
+        sum.to_str().expect("path"),
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let records = records(&out);
+    assert_eq!(records.len(), 5000);
+    for (seq, record) in records.iter().enumerate() {
+        assert_eq!(record["seq"], seq);
+        assert_eq!(record["status"], 200, "{record}");
+        assert_eq!(record["error"], Value::Null);
+        assert_eq!(record["pod"], "pod-a");
+        assert_eq!(record["version"], "7");
+    }
+    let summary = summary(&sum);
+    let achieved = summary["achieved_rate"].as_f64().expect("rate");
+    assert!((achieved - 500.0).abs() <= 5.0, "achieved {achieved}/s");
+    assert_eq!(summary["ok"], 5000);
+    assert_eq!(summary["versions"]["7"], 5000);
+}
+
+#[tokio::test]
+async fn slow_responses_do_not_slow_the_schedule() {
+    let (addr, _stop) = demo_app().await;
+    let dir = TempDir::new("open");
+    let out = dir.path("r.jsonl");
+    let url = format!("http://{addr}/?wait=1");
+    let started = Instant::now();
+    let output = run(&[
+        "--url",
+        &url,
+        "--rate",
+        "200",
+        "--duration",
+        "5s",
+        "-o",
+        out.to_str().expect("path"),
+    ])
+    .await;
+    let took = started.elapsed();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(took <= Duration::from_secs(7), "took {took:?}");
+    let records = records(&out);
+    assert_eq!(records.len(), 1000);
+    assert!(records.iter().all(|r| r["status"] == 200));
+    // Open model: request i was sent at about i / 200 s, not after request i - 1 finished.
+    let last = &records[999];
+    let sent = last["sent"].as_f64().expect("sent");
+    assert!((4.99..5.2).contains(&sent), "last request sent at {sent}s");
+}
+
+#[tokio::test]
+async fn a_closed_port_gives_refused_for_every_record_and_fails() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let dir = TempDir::new("refused");
+    let out = dir.path("r.jsonl");
+    let url = format!("http://{closed}/");
+    let output = run(&[
+        "--url",
+        &url,
+        "--rate",
+        "100",
+        "--requests",
+        "50",
+        "-o",
+        out.to_str().expect("path"),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(1));
+    let records = records(&out);
+    assert_eq!(records.len(), 50);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["error"] == "refused" && r["status"] == Value::Null)
+    );
+}
+
+/// A server that reads each request and then closes (`linger`: abortively, with RST).
+async fn hostile_server(reply: Option<&'static [u8]>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                match reply {
+                    Some(reply) => {
+                        let _ = stream.write_all(reply).await;
+                        let _ = stream.shutdown().await;
+                    }
+                    None => {
+                        let socket = socket2::SockRef::from(&stream);
+                        let _ = socket.set_linger(Some(Duration::ZERO));
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_server_resetting_after_the_request_gives_reset_or_eof() {
+    let addr = hostile_server(None).await;
+    let dir = TempDir::new("reset");
+    let out = dir.path("r.jsonl");
+    let url = format!("http://{addr}/");
+    let output = run(&[
+        "--url",
+        &url,
+        "--rate",
+        "50",
+        "--requests",
+        "20",
+        "-o",
+        out.to_str().expect("path"),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(1));
+    let records = records(&out);
+    assert_eq!(records.len(), 20);
+    for record in &records {
+        assert!(
+            record["error"] == "reset" || record["error"] == "eof",
+            "{record}"
+        );
+        assert_eq!(record["status"], Value::Null);
+    }
+}
+
+#[tokio::test]
+async fn a_502_is_a_status_not_an_error_and_fails_the_run() {
+    let addr = hostile_server(Some(
+        b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 3\r\nconnection: close\r\n\r\nbad",
+    ))
+    .await;
+    let dir = TempDir::new("502");
+    let (out, sum) = (dir.path("r.csv"), dir.path("s.json"));
+    let url = format!("http://{addr}/");
+    let output = run(&[
+        "--url",
+        &url,
+        "--rate",
+        "50",
+        "--requests",
+        "10",
+        "-o",
+        out.to_str().expect("path"),
+        "--json-summary",
+        sum.to_str().expect("path"),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(1));
+    let csv = std::fs::read_to_string(&out).expect("csv");
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("seq,target,scheduled,sent,done,status,error,bytes,pod,version")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 10);
+    assert!(
+        rows.iter()
+            .all(|r| r[5] == "502" && r[6].is_empty() && r[7] == "3"),
+        "{rows:?}"
+    );
+    let summary = summary(&sum);
+    assert_eq!(summary["statuses"]["502"], 10);
+    assert_eq!(summary["failed"], 10);
+    // --allow-failures relaxes the gate.
+    let output = run(&[
+        "--url",
+        &url,
+        "--rate",
+        "50",
+        "--requests",
+        "10",
+        "--allow-failures",
+        "10",
+    ])
+    .await;
+    assert!(output.status.success());
+}
+
+#[tokio::test]
+async fn sigint_mid_run_flushes_every_scheduled_record() {
+    let (addr, _stop) = demo_app().await;
+    let dir = TempDir::new("sigint");
+    let (out, sum) = (dir.path("r.jsonl"), dir.path("s.json"));
+    let url = format!("http://{addr}/?wait=0.5");
+    let child = load(&[
+        "--url",
+        &url,
+        "--rate",
+        "200",
+        "--duration",
+        "20s",
+        "-o",
+        out.to_str().expect("path"),
+        "--json-summary",
+        sum.to_str().expect("path"),
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = child.id().expect("pid").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("load stops by itself after SIGINT")
+        .expect("output");
+    assert_eq!(output.status.code(), Some(130));
+    let records = records(&out);
+    let summary = summary(&sum);
+    assert_eq!(summary["interrupted"], true);
+    assert_eq!(summary["requests"], records.len());
+    assert!(
+        (250..=350).contains(&records.len()),
+        "{} records",
+        records.len()
+    );
+    for (seq, record) in records.iter().enumerate() {
+        assert_eq!(record["seq"], seq);
+        // Requests in flight at the SIGINT were waited for, not dropped.
+        assert_eq!(record["status"], 200, "{record}");
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_refused_before_sending_anything() {
+    let output = run(&["--url", "http://127.0.0.1:9/", "-H", "Idempotency-Key: 1"]).await;
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("never sends an Idempotency-Key"));
+    let output = run(&["--url", "https://example.invalid/"]).await;
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("only http"));
+}
