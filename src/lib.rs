@@ -6,5 +6,7 @@
 //! sidecar (that is the `lameduck-sidecar` crate, one crate per deployable) and it
 //! never talks to a cluster: manifests in, manifests or measurements out.
 
+pub mod check;
+pub mod inject;
 pub mod load;
 pub mod manifest;

@@ -1,5 +1,6 @@
 //! The `lameduck` binary: parses the command line and calls the library.
 
+mod cmd_inject;
 mod cmd_load;
 
 use std::process::ExitCode;
@@ -18,12 +19,21 @@ struct Cli {
 enum Command {
     /// Constant-rate POST load that records and classifies every request.
     Load(cmd_load::LoadArgs),
+    /// Add the lameduck sidecar to Kubernetes manifests (stdout).
+    Inject(cmd_inject::InjectArgs),
+    /// Remove what `inject` added, exactly.
+    Uninject(cmd_inject::UninjectArgs),
+    /// Lint manifests for the zero-downtime rules (non-zero exit on findings).
+    Check(cmd_inject::CheckArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Load(args) => cmd_load::run(args),
+        Command::Inject(args) => cmd_inject::inject(args),
+        Command::Uninject(args) => cmd_inject::uninject(args),
+        Command::Check(args) => cmd_inject::check(args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("lameduck: {error:#}");

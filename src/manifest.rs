@@ -29,14 +29,80 @@ pub enum ManifestError {
     },
 }
 
+/// Parses a multi-document YAML stream as it is (empty documents skipped, `kind: List`
+/// kept); a malformed stream is an error naming the document and line.
+pub fn parse_stream(source_name: &str, text: &str) -> Result<Vec<Value>, ManifestError> {
+    let documents: Vec<Value> = serde_saphyr::from_str_multiple(text).map_err(|e| {
+        let first_line = e.to_string().lines().next().unwrap_or("").to_owned();
+        let message = match e.location() {
+            Some(location) => {
+                let line = usize::try_from(location.line()).unwrap_or(usize::MAX);
+                format!(
+                    "document {} (line {line}): {}",
+                    document_at_line(text, line),
+                    first_line.trim_start_matches("error: ")
+                )
+            }
+            None => first_line,
+        };
+        ManifestError::Yaml {
+            source_name: source_name.to_owned(),
+            message,
+        }
+    })?;
+    let mut objects = Vec::with_capacity(documents.len());
+    for (index, document) in documents.into_iter().enumerate() {
+        match document {
+            Value::Null => {}
+            Value::Object(_) => objects.push(document),
+            _ => {
+                return Err(ManifestError::NotAnObject {
+                    source_name: source_name.to_owned(),
+                    index,
+                    message: "not a mapping".to_owned(),
+                });
+            }
+        }
+    }
+    Ok(objects)
+}
+
+/// The index (from 0) of the document that holds 1-based `line`.
+fn document_at_line(text: &str, line: usize) -> usize {
+    let is_marker = |l: &str| l == "---" || l.starts_with("--- ");
+    let starts_with_marker = text.lines().next().is_some_and(is_marker);
+    let markers = text
+        .lines()
+        .take(line.saturating_sub(1))
+        .filter(|l| is_marker(l))
+        .count();
+    markers.saturating_sub(usize::from(starts_with_marker))
+}
+
+/// Writes documents as one YAML stream, `---` between documents.
+pub fn to_yaml(documents: &[Value]) -> Result<String, ManifestError> {
+    let mut out = String::new();
+    for (index, document) in documents.iter().enumerate() {
+        if index > 0 {
+            out.push_str("---\n");
+        }
+        let text = serde_saphyr::to_string(document).map_err(|e| ManifestError::NotAnObject {
+            source_name: "output".to_owned(),
+            index,
+            message: format!("cannot be written as YAML: {e}"),
+        })?;
+        out.push_str(&text);
+        if !text.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
 /// Parses a multi-document YAML stream; empty documents are skipped and `kind: List`
 /// documents are replaced by their items.
 pub fn parse_documents(source_name: &str, text: &str) -> Result<Vec<Value>, ManifestError> {
-    let documents: Vec<Value> =
-        serde_saphyr::from_str_multiple(text).map_err(|e| ManifestError::Yaml {
-            source_name: source_name.to_owned(),
-            message: e.to_string(),
-        })?;
+    let documents = parse_stream(source_name, text)?;
     let mut objects = Vec::with_capacity(documents.len());
     for (index, document) in documents.into_iter().enumerate() {
         let not_an_object = |message: &str| ManifestError::NotAnObject {

@@ -1,5 +1,6 @@
 //! Integration tests of the `lameduck` CLI crate: one test binary, one module per area.
 
+mod inject;
 mod k8s;
 mod load;
 mod system;

@@ -1,0 +1,380 @@
+//! `lameduck inject`, `uninject` and `check`: golden files over `tests/data/inject/`,
+//! round trips, typed Kubernetes objects, and a property test.
+//!
+//! `LAMEDUCK_BLESS=1 cargo test --test integration inject` rewrites the golden files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use lameduck::inject::{Mode, Options, inject, uninject};
+use lameduck::manifest::{kind, parse_documents, parse_stream};
+use serde_json::Value;
+
+const TOKEN: &str = "golden-token-0123456789";
+
+fn corpus() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/inject")
+}
+
+fn cases() -> Vec<PathBuf> {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(corpus())
+        .expect("corpus")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| !p.to_string_lossy().ends_with(".golden.yaml"))
+        .collect();
+    cases.sort();
+    cases
+}
+
+fn lameduck(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lameduck"))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running lameduck");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("writing stdin");
+    }
+    child.wait_with_output().expect("lameduck output")
+}
+
+fn extra_args(case: &Path) -> Vec<String> {
+    std::fs::read_to_string(case.with_extension("args"))
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+fn golden_path(case: &Path, success: bool) -> PathBuf {
+    if success {
+        case.with_extension("golden.yaml")
+    } else {
+        case.with_extension("err")
+    }
+}
+
+/// What `inject` made of a case: its output, or its error and exit status.
+fn injected(case: &Path) -> (bool, String) {
+    let mut args = vec![
+        "inject".to_owned(),
+        "--drain-token".to_owned(),
+        TOKEN.to_owned(),
+    ];
+    args.extend(extra_args(case));
+    args.push(case.to_string_lossy().into_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = lameduck(&args, None);
+    let root = corpus().to_string_lossy().into_owned();
+    if output.status.success() {
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let notes = String::from_utf8_lossy(&output.stderr).replace(&root, "<corpus>");
+        if !notes.is_empty() {
+            text = format!(
+                "{}{text}",
+                notes
+                    .lines()
+                    .map(|l| format!("# {l}\n"))
+                    .collect::<String>()
+            );
+        }
+        (true, text)
+    } else {
+        assert!(
+            output.stdout.is_empty(),
+            "a failed inject must write nothing to stdout"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr).replace(&root, "<corpus>");
+        (false, format!("exit {:?}\n{stderr}", output.status.code()))
+    }
+}
+
+#[test]
+fn golden_corpus() {
+    let bless = std::env::var("LAMEDUCK_BLESS").is_ok_and(|v| v == "1");
+    let mut mismatches = Vec::new();
+    for case in cases() {
+        let (success, text) = injected(&case);
+        let golden = golden_path(&case, success);
+        if bless {
+            std::fs::write(&golden, &text).expect("writing golden file");
+            continue;
+        }
+        match std::fs::read_to_string(&golden) {
+            Ok(expected) if expected == text => {}
+            Ok(expected) => mismatches.push(format!(
+                "{}:\n--- expected\n{expected}\n--- got\n{text}",
+                golden.display()
+            )),
+            Err(_) => mismatches.push(format!(
+                "{} is missing (success: {success}); got:\n{text}",
+                golden.display()
+            )),
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "golden mismatches (LAMEDUCK_BLESS=1 to rewrite):\n{}",
+        mismatches.join("\n")
+    );
+}
+
+fn goldens() -> Vec<(PathBuf, PathBuf)> {
+    cases()
+        .into_iter()
+        .map(|case| (case.with_extension("golden.yaml"), case))
+        .filter(|(golden, _)| golden.exists())
+        .collect()
+}
+
+fn strip_comments(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn injecting_again_changes_nothing_and_uninject_restores_the_input() {
+    assert!(goldens().len() >= 10, "the corpus lost its cases");
+    for (golden, case) in goldens() {
+        let text = strip_comments(&std::fs::read_to_string(&golden).expect("golden"));
+        let mut args = vec!["inject".to_owned()];
+        args.extend(extra_args(&case));
+        args.push("-".to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // No --drain-token: an injected workload keeps the token it has.
+        let again = lameduck(&args, Some(text.as_bytes()));
+        assert!(
+            again.status.success(),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&again.stdout),
+            text,
+            "{}: not idempotent",
+            case.display()
+        );
+
+        let restored = lameduck(&["uninject", "-"], Some(text.as_bytes()));
+        assert!(
+            restored.status.success(),
+            "{}",
+            String::from_utf8_lossy(&restored.stderr)
+        );
+        let restored =
+            parse_stream("restored", &String::from_utf8_lossy(&restored.stdout)).expect("YAML");
+        let original =
+            parse_stream("input", &std::fs::read_to_string(&case).expect("case")).expect("YAML");
+        assert_eq!(
+            restored,
+            original,
+            "{}: uninject(inject(x)) != x",
+            case.display()
+        );
+    }
+}
+
+#[test]
+fn injected_output_deserializes_into_typed_kubernetes_objects() {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    use k8s_openapi::api::batch::v1::CronJob;
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+    let mut typed = 0;
+    for (golden, _) in goldens() {
+        let text = std::fs::read_to_string(&golden).expect("golden");
+        for object in parse_documents(&golden.display().to_string(), &text).expect("YAML") {
+            let what = format!(
+                "{}: {} {}",
+                golden.display(),
+                kind(&object),
+                object["metadata"]["name"]
+            );
+            let result = match kind(&object) {
+                "Deployment" => serde_json::from_value::<Deployment>(object).map(drop),
+                "StatefulSet" => serde_json::from_value::<StatefulSet>(object).map(drop),
+                "DaemonSet" => serde_json::from_value::<DaemonSet>(object).map(drop),
+                "CronJob" => serde_json::from_value::<CronJob>(object).map(drop),
+                "Pod" => serde_json::from_value::<Pod>(object).map(drop),
+                "Service" => serde_json::from_value::<Service>(object).map(drop),
+                "ConfigMap" => serde_json::from_value::<ConfigMap>(object).map(drop),
+                _ => continue,
+            };
+            result.unwrap_or_else(|e| panic!("{what}: {e}"));
+            typed += 1;
+        }
+    }
+    assert!(typed >= 15, "only {typed} objects checked");
+}
+
+#[test]
+fn malformed_yaml_is_an_error_with_document_and_line_and_writes_nothing() {
+    let case = corpus().join("malformed.yaml");
+    let output = lameduck(&["inject", case.to_str().expect("path")], None);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("malformed YAML: document 1 (line 11)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_flags_the_plain_demo_and_passes_the_fixed_and_injected_ones() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let plain = root.join("k8s/rendered/plain.yaml");
+    let output = lameduck(
+        &["check", "--format", "json", plain.to_str().expect("path")],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let findings: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let rules: Vec<&str> = findings
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|f| f["rule"].as_str())
+        .collect();
+    assert_eq!(rules, ["readiness-probe", "pre-stop"]);
+
+    let fixed = root.join("k8s/rendered/fixed.yaml");
+    assert!(
+        lameduck(&["check", fixed.to_str().expect("path")], None)
+            .status
+            .success()
+    );
+    let injected = corpus().join("named-service-port.golden.yaml");
+    let output = lameduck(&["check", injected.to_str().expect("path")], None);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn options() -> Options {
+        Options {
+            image: "lameduck/sidecar:test".to_owned(),
+            mode: Mode::Native,
+            shutdown_delay: std::time::Duration::from_secs(15),
+            drain_timeout: std::time::Duration::from_secs(30),
+            app_stop_time: std::time::Duration::from_secs(5),
+            sidecar_port: 18080,
+            admin_port: 19901,
+            drain_token: Some(TOKEN.to_owned()),
+        }
+    }
+
+    fn port() -> impl Strategy<Value = Value> {
+        (
+            prop::sample::select(vec![80u64, 3000, 8080, 9090]),
+            prop::option::of(prop::sample::select(vec!["http", "web", "metrics"])),
+        )
+            .prop_map(|(number, name)| match name {
+                Some(name) => json!({"name": name, "containerPort": number}),
+                None => json!({"containerPort": number}),
+            })
+    }
+
+    fn container(index: usize) -> impl Strategy<Value = Value> {
+        (
+            prop::collection::vec(port(), 0..3),
+            prop::option::of(prop::sample::select(vec![
+                json!("http"),
+                json!(8080),
+                json!("web"),
+            ])),
+            any::<bool>(),
+        )
+            .prop_map(move |(ports, probe_port, post_start)| {
+                let mut c = json!({"name": format!("c{index}"), "image": "example/x:1"});
+                if !ports.is_empty() {
+                    c["ports"] = Value::Array(ports);
+                }
+                if let Some(port) = probe_port {
+                    c["readinessProbe"] = json!({"httpGet": {"path": "/ready", "port": port}});
+                }
+                if post_start {
+                    c["lifecycle"] = json!({"postStart": {"exec": {"command": ["true"]}}});
+                }
+                c
+            })
+    }
+
+    fn workload() -> impl Strategy<Value = Vec<Value>> {
+        (
+            container(0),
+            prop::option::of(container(1)),
+            prop::option::of(0u64..200),
+            prop::option::of(prop::sample::select(vec![
+                json!({"lameduck.dev/app-port": "http"}),
+                json!({"lameduck.dev/inject": "disabled"}),
+                json!({"other": "kept"}),
+            ])),
+            any::<bool>(),
+            prop::option::of(prop::sample::select(vec![json!(8080), json!("http"), json!(3000)])),
+        )
+            .prop_map(|(first, second, grace, notes, init, target)| {
+                let mut containers = vec![first];
+                containers.extend(second);
+                let mut template = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": containers}});
+                if let Some(notes) = notes {
+                    template["metadata"]["annotations"] = notes;
+                }
+                if let Some(grace) = grace {
+                    template["spec"]["terminationGracePeriodSeconds"] = json!(grace);
+                }
+                if init {
+                    template["spec"]["initContainers"] = json!([{"name": "init", "image": "busybox"}]);
+                }
+                let deployment = json!({
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "x"},
+                    "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template},
+                });
+                let mut port = json!({"port": 80});
+                if let Some(target) = target {
+                    port["targetPort"] = target;
+                }
+                let service = json!({
+                    "apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
+                    "spec": {"selector": {"app": "x"}, "ports": [port]},
+                });
+                vec![service, deployment]
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn uninject_inverts_inject_and_inject_is_idempotent(original in workload()) {
+            let mut once = original.clone();
+            if inject(&mut once, &options()).is_ok() {
+                let mut twice = once.clone();
+                prop_assert!(inject(&mut twice, &options()).is_ok());
+                prop_assert_eq!(&twice, &once);
+                let mut restored = once.clone();
+                prop_assert!(uninject(&mut restored).is_ok());
+                prop_assert_eq!(&restored, &original);
+            }
+        }
+    }
+}
