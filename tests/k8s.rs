@@ -135,3 +135,65 @@ fn gateway_api_component_swaps_the_ingress_for_an_httproute() {
     let kinds: Vec<&str> = objects.iter().map(kind).collect();
     assert_eq!(kinds, ["Service", "Deployment", "HTTPRoute"]);
 }
+
+#[test]
+#[ignore = "system suite: needs kubectl or kustomize (LAMEDUCK_SYSTEM_TESTS=1)"]
+fn the_lameduck_component_equals_lameduck_inject_on_the_base() {
+    use lameduck::inject::{Mode, Options, inject};
+    let token = "example-token-do-not-use-0123456789";
+    let example =
+        std::fs::read_to_string(repo_root().join("k8s/examples/lameduck/drain-token.yaml"))
+            .expect("example token file");
+    assert!(
+        example.contains(token),
+        "the example's token changed: update this test"
+    );
+
+    let component =
+        lameduck::manifest::parse_stream("component", &kustomize("k8s/examples/lameduck"))
+            .expect("valid YAML");
+    let mut injected =
+        lameduck::manifest::parse_stream("plain", &rendered("plain")).expect("valid YAML");
+    let options = Options {
+        image: "lameduck/sidecar:0.1.0".to_owned(),
+        mode: Mode::Native,
+        shutdown_delay: std::time::Duration::from_secs(15),
+        drain_timeout: std::time::Duration::from_secs(30),
+        app_stop_time: std::time::Duration::from_secs(5),
+        sidecar_port: 18080,
+        admin_port: 19901,
+        drain_token: Some(token.to_owned()),
+    };
+    inject(&mut injected, &options).expect("inject");
+    assert_eq!(component, injected);
+}
+
+#[test]
+#[ignore = "system suite: needs kubectl or kustomize (LAMEDUCK_SYSTEM_TESTS=1)"]
+fn the_lameduck_component_has_no_default_token() {
+    crate::system::require_system_suite();
+    let dir = repo_root().join("target/kustomize-no-token");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        "resources: [../../k8s/base]\ncomponents: [../../k8s/components/lameduck]\n",
+    )
+    .expect("kustomization");
+    let kubectl = crate::system::find_program("kubectl");
+    let output = match kubectl {
+        Some(kubectl) => std::process::Command::new(kubectl)
+            .arg("kustomize")
+            .arg(&dir)
+            .output(),
+        None => std::process::Command::new("kustomize")
+            .arg("build")
+            .arg(&dir)
+            .output(),
+    }
+    .expect("running kustomize");
+    assert!(
+        !output.status.success(),
+        "the component must not build without a drain token"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("lameduck-drain-token"));
+}

@@ -205,10 +205,19 @@ pub async fn run(
 
     for seq in 0..capacity {
         let due = start + Duration::from_secs_f64(seq as f64 / config.rate);
-        tokio::select! {
-            biased;
-            _ = &mut stop => { interrupted = true; break; }
-            _ = tokio::time::sleep_until(due) => {}
+        if due > Instant::now() {
+            tokio::select! {
+                biased;
+                _ = &mut stop => { interrupted = true; break; }
+                _ = tokio::time::sleep_until(due) => {}
+            }
+        } else {
+            // Behind schedule (high rates): no timer, but still notice a stop.
+            tokio::select! {
+                biased;
+                _ = &mut stop => { interrupted = true; break; }
+                _ = std::future::ready(()) => {}
+            }
         }
         let permit = match slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -304,9 +313,10 @@ fn build_request(config: &LoadConfig, seq: usize, target: usize) -> Request<Full
     *request.uri_mut() = config.urls[target].clone();
     let headers = request.headers_mut();
     headers.clone_from(&config.headers);
-    if let Ok(value) = HeaderValue::from_str(&seq.to_string()) {
-        headers.insert(HeaderName::from_static(SEQ_HEADER), value);
-    }
+    headers.insert(
+        HeaderName::from_static(SEQ_HEADER),
+        HeaderValue::from(seq as u64),
+    );
     if !config.keepalive && !config.http2 {
         headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Bounded fuzzing of `lameduck inject` (CI runs it): SECONDS_TO_FUZZ (default 60).
+# Needs the nightly toolchain and cargo-fuzz (installed here when missing).
+set -euo pipefail
+cd "$(dirname "$0")"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+corpus=target/corpus/inject
+mkdir -p "$corpus"
+cp ../tests/data/inject/*.yaml ../k8s/rendered/*.yaml "$corpus/"
+cargo +nightly fuzz run inject "$corpus" -- -max_total_time="${SECONDS_TO_FUZZ:-60}" -rss_limit_mb=2048 -timeout=10
