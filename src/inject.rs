@@ -67,6 +67,23 @@ pub struct Options {
     pub drain_token: Option<String>,
 }
 
+impl Default for Options {
+    /// The CLI's defaults: native sidecar, 15 s delay, 30 s drain, 5 s app stop,
+    /// ports 18080 and 19901, a random token per workload.
+    fn default() -> Self {
+        Self {
+            image: concat!("lameduck/sidecar:", env!("CARGO_PKG_VERSION")).to_owned(),
+            mode: Mode::Native,
+            shutdown_delay: Duration::from_secs(15),
+            drain_timeout: Duration::from_secs(30),
+            app_stop_time: Duration::from_secs(5),
+            sidecar_port: 18080,
+            admin_port: 19901,
+            drain_token: None,
+        }
+    }
+}
+
 /// Why a stream cannot be injected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("document {document} ({kind} {name}): {path}: {message}")]
@@ -251,10 +268,11 @@ fn labels(object: &Value, metadata: &str) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
-fn serving_ports(spec: &Value) -> Vec<u16> {
-    spec.get("containers")
-        .and_then(Value::as_array)
-        .into_iter()
+/// The container ports declared in the pod spec's `lists` (e.g. `containers`).
+fn container_ports(spec: &Value, lists: &[&str]) -> Vec<u16> {
+    lists
+        .iter()
+        .filter_map(|key| spec.get(*key).and_then(Value::as_array))
         .flatten()
         .flat_map(|c| {
             c.get("ports")
@@ -298,7 +316,7 @@ fn inject_pod(
     let Some(spec) = object.pointer(&pod.spec) else {
         return Ok(PodOutcome::NotServing);
     };
-    let ports = serving_ports(spec);
+    let ports = container_ports(spec, &["containers"]);
     if ports.is_empty() {
         return Ok(PodOutcome::NotServing);
     }
@@ -378,8 +396,8 @@ fn inject_pod(
             )
         })?;
     let old_port_name = port.get("name").and_then(Value::as_str).map(str::to_owned);
-    for taken in serving_ports_all(spec) {
-        if taken == u64::from(options.sidecar_port) || taken == u64::from(options.admin_port) {
+    for taken in container_ports(spec, &["containers", "initContainers"]) {
+        if taken == options.sidecar_port || taken == options.admin_port {
             return Err(error(
                 pod,
                 &format!("{spec_path}/containers"),
@@ -483,21 +501,6 @@ fn inject_pod(
         app_port,
         sidecar_port: options.sidecar_port,
     }))
-}
-
-fn serving_ports_all(spec: &Value) -> Vec<u64> {
-    ["containers", "initContainers"]
-        .iter()
-        .filter_map(|key| spec.get(*key).and_then(Value::as_array))
-        .flatten()
-        .flat_map(|c| {
-            c.get("ports")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
-        .filter_map(|p| p.get("containerPort").and_then(Value::as_u64))
-        .collect()
 }
 
 /// Picks the serving (container, port): the annotation, else the only TCP port, else

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use lameduck::inject::{Mode, Options, inject, uninject};
+use lameduck::inject::{Options, inject, uninject};
 use lameduck::manifest::{kind, parse_documents, parse_stream};
 use serde_json::Value;
 
@@ -272,14 +272,8 @@ mod properties {
 
     fn options() -> Options {
         Options {
-            image: "lameduck/sidecar:test".to_owned(),
-            mode: Mode::Native,
-            shutdown_delay: std::time::Duration::from_secs(15),
-            drain_timeout: std::time::Duration::from_secs(30),
-            app_stop_time: std::time::Duration::from_secs(5),
-            sidecar_port: 18080,
-            admin_port: 19901,
             drain_token: Some(TOKEN.to_owned()),
+            ..Options::default()
         }
     }
 

@@ -139,7 +139,7 @@ fn gateway_api_component_swaps_the_ingress_for_an_httproute() {
 #[test]
 #[ignore = "system suite: needs kubectl or kustomize (LAMEDUCK_SYSTEM_TESTS=1)"]
 fn the_lameduck_component_equals_lameduck_inject_on_the_base() {
-    use lameduck::inject::{Mode, Options, inject};
+    use lameduck::inject::{Options, inject};
     let token = "example-token-do-not-use-0123456789";
     let example =
         std::fs::read_to_string(repo_root().join("k8s/examples/lameduck/drain-token.yaml"))
@@ -155,14 +155,8 @@ fn the_lameduck_component_equals_lameduck_inject_on_the_base() {
     let mut injected =
         lameduck::manifest::parse_stream("plain", &rendered("plain")).expect("valid YAML");
     let options = Options {
-        image: "lameduck/sidecar:0.1.0".to_owned(),
-        mode: Mode::Native,
-        shutdown_delay: std::time::Duration::from_secs(15),
-        drain_timeout: std::time::Duration::from_secs(30),
-        app_stop_time: std::time::Duration::from_secs(5),
-        sidecar_port: 18080,
-        admin_port: 19901,
         drain_token: Some(token.to_owned()),
+        ..Options::default()
     };
     inject(&mut injected, &options).expect("inject");
     assert_eq!(component, injected);

@@ -2,8 +2,6 @@
 //! Any panic is a bug; errors are the expected answer to bad input.
 #![no_main]
 
-use std::time::Duration;
-
 use lameduck::inject::{Mode, Options, inject, uninject};
 use lameduck::manifest::{parse_stream, to_yaml};
 use libfuzzer_sys::fuzz_target;
@@ -13,14 +11,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut documents) = parse_stream("fuzz", text) else { return };
     let _ = lameduck::check::check(&documents, 10);
     let options = Options {
-        image: "lameduck/sidecar:fuzz".to_owned(),
         mode: if data.len() % 2 == 0 { Mode::Native } else { Mode::Classic },
-        shutdown_delay: Duration::from_secs(15),
-        drain_timeout: Duration::from_secs(30),
-        app_stop_time: Duration::from_secs(5),
-        sidecar_port: 18080,
-        admin_port: 19901,
         drain_token: Some("fuzz-token-0123456789".to_owned()),
+        ..Options::default()
     };
     if inject(&mut documents, &options).is_ok() {
         let _ = to_yaml(&documents);

@@ -77,7 +77,16 @@ impl Proxy {
         }
         let (parts, body) = response.into_parts();
         let status = parts.status.as_u16();
-        Response::from_parts(parts, Tracked::new(body, guard, status).boxed_unsync())
+        let body = OnEnd::new(body, move |end| match end {
+            End::Complete => guard.finish(status),
+            End::Failed => {
+                warn!(status, "response body failed mid-stream");
+                guard.finish(599);
+            }
+            // A cut or abandoned response is a failure whatever its status said.
+            End::Abandoned => guard.finish(status.max(599)),
+        });
+        Response::from_parts(parts, body.boxed_unsync())
     }
 
     /// Waits for the app if needed and sends the request; a ready-made error response otherwise.
@@ -162,7 +171,13 @@ impl Proxy {
                 Response::from_parts(parts, crate::upstream::empty())
             }
             _ => {
-                let body = Leased::new(body, lease, self.upstream.clone());
+                let upstream = self.upstream.clone();
+                let body = OnEnd::new(body, move |end| {
+                    // Only a connection whose response was read to the end can be reused.
+                    if let (End::Complete, Some(lease)) = (end, lease) {
+                        upstream.release(lease);
+                    }
+                });
                 Response::from_parts(parts, body.boxed_unsync())
             }
         }
@@ -328,44 +343,55 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The response body, holding the request's guard until the body ends or is dropped.
-struct Tracked {
-    inner: Body,
-    guard: Option<RequestGuard>,
-    status: u16,
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Every frame was delivered.
+    Complete,
+    /// The body failed mid-stream.
+    Failed,
+    /// Dropped before its end: the client went away or the connection was cut.
+    Abandoned,
 }
 
-impl Tracked {
-    fn new(inner: Body, guard: RequestGuard, status: u16) -> Self {
-        let mut tracked = Self {
+/// A body that calls `on_end` exactly once, when it ends or is dropped.
+struct OnEnd<B> {
+    inner: B,
+    on_end: Option<Box<dyn FnOnce(End) + Send>>,
+}
+
+impl<B: HttpBody> OnEnd<B> {
+    fn new(inner: B, on_end: impl FnOnce(End) + Send + 'static) -> Self {
+        let mut body = Self {
             inner,
-            guard: Some(guard),
-            status,
+            on_end: Some(Box::new(on_end)),
         };
-        if tracked.inner.is_end_stream() {
-            tracked.finish(tracked.status);
+        if body.inner.is_end_stream() {
+            body.end(End::Complete);
         }
-        tracked
+        body
     }
 
-    fn finish(&mut self, status: u16) {
-        if let Some(guard) = self.guard.take() {
-            guard.finish(status);
+    fn end(&mut self, how: End) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(how);
         }
     }
 }
 
-impl Drop for Tracked {
+impl<B> Drop for OnEnd<B> {
     fn drop(&mut self) {
-        // Abandoned before its end: the client went away or the connection was cut.
-        // 499 in the nginx sense is not a real status; count it as a 5xx failure.
-        if self.guard.is_some() {
-            self.finish(if self.status < 500 { 599 } else { self.status });
+        if let Some(on_end) = self.on_end.take() {
+            on_end(End::Abandoned);
         }
     }
 }
 
-impl HttpBody for Tracked {
+impl<B> HttpBody for OnEnd<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -376,70 +402,12 @@ impl HttpBody for Tracked {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => this.finish(this.status),
-            Poll::Ready(Some(Err(error))) => {
-                warn!(%error, "response body failed mid-stream");
-                this.finish(599);
-            }
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(this.status),
+            Poll::Ready(None) => this.end(End::Complete),
+            Poll::Ready(Some(Err(_))) => this.end(End::Failed),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.end(End::Complete),
             _ => {}
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The app's response body; its connection goes back to the pool when the body ends.
-struct Leased {
-    inner: Incoming,
-    lease: Option<Lease>,
-    upstream: Arc<Upstream>,
-}
-
-impl Leased {
-    fn new(inner: Incoming, lease: Option<Lease>, upstream: Arc<Upstream>) -> Self {
-        let mut leased = Self {
-            inner,
-            lease,
-            upstream,
-        };
-        if leased.inner.is_end_stream() {
-            leased.release();
-        }
-        leased
-    }
-
-    fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            self.upstream.release(lease);
-        }
-    }
-}
-
-impl HttpBody for Leased {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => drop(this.lease.take()),
-            _ => {}
-        }
-        polled.map(|frame| frame.map(|result| result.map_err(BoxError::from)))
+        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

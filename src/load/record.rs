@@ -64,9 +64,13 @@ impl ErrorClass {
                     | io::ErrorKind::BrokenPipe => ErrorClass::Reset,
                     io::ErrorKind::TimedOut => ErrorClass::ConnectTimeout,
                     io::ErrorKind::UnexpectedEof => ErrorClass::Eof,
-                    // A wrapper: its cause may say more.
+                    // A wrapper: the error it wraps may say more. (`source()` of a custom
+                    // io::Error skips the wrapped error itself, `get_ref()` does not.)
                     io::ErrorKind::Other => {
-                        source = current.source();
+                        source = match io.get_ref() {
+                            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                            None => current.source(),
+                        };
                         continue;
                     }
                     _ => ErrorClass::Other,
