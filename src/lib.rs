@@ -8,5 +8,6 @@
 
 pub mod check;
 pub mod inject;
+pub mod lab;
 pub mod load;
 pub mod manifest;

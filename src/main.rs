@@ -1,6 +1,7 @@
 //! The `lameduck` binary: parses the command line and calls the library.
 
 mod cmd_inject;
+mod cmd_lab;
 mod cmd_load;
 
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Uninject(cmd_inject::UninjectArgs),
     /// Lint manifests for the zero-downtime rules (non-zero exit on findings).
     Check(cmd_inject::CheckArgs),
+    /// Local rolling-upgrade comparison with real processes: the main job.
+    Lab(cmd_lab::LabArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => cmd_inject::inject(args),
         Command::Uninject(args) => cmd_inject::uninject(args),
         Command::Check(args) => cmd_inject::check(args),
+        Command::Lab(args) => cmd_lab::run(args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("lameduck: {error:#}");

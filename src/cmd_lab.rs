@@ -1,0 +1,141 @@
+//! `lameduck lab`: flags, the timings table, the results table and the JSON file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use lameduck::lab::{CAUSES, LabConfig, SCENARIOS, ScenarioResult};
+
+/// Local rolling-upgrade comparison with real processes (no cluster, no root).
+#[derive(Debug, Args)]
+pub(crate) struct LabArgs {
+    /// Scenario to run (repeatable); default: all, in order.
+    #[arg(long = "scenario", value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
+    scenarios: Vec<String>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// POST requests per second through the ingress.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Every duration from the manifests and the ingress is multiplied by this.
+    #[arg(long, default_value_t = 0.15)]
+    time_scale: f64,
+    /// ingress-nginx controller sync interval (rate limit 0.3/s, burst 1), before scaling.
+    #[arg(long, default_value = "3333ms", value_parser = humantime::parse_duration)]
+    sync_interval: Duration,
+    /// ingress-nginx worker poll interval, before scaling.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// A Deployment (and its Service) to use instead of the shipped demo.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// The demo-app binary (default: beside lameduck, built if needed).
+    #[arg(long, requires = "sidecar")]
+    demo_app: Option<PathBuf>,
+    /// The lameduck-sidecar binary (default: beside lameduck, built if needed).
+    #[arg(long, requires = "demo_app")]
+    sidecar: Option<PathBuf>,
+}
+
+fn row(result: &ScenarioResult) -> String {
+    let mut line = format!(
+        "{:<20} {:>8} {:>7}",
+        result.name, result.requests, result.failed
+    );
+    for cause in CAUSES {
+        line.push_str(&format!(
+            " {:>9}",
+            result.causes.get(cause).copied().unwrap_or(0)
+        ));
+    }
+    line.push_str(&format!(
+        " {:>9.1} {:>8.1}",
+        result.rollout_seconds, result.p99_ms
+    ));
+    line
+}
+
+pub(crate) fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
+    let valid = (0.0..=1.0).contains(&args.time_scale) && args.time_scale > 0.0 && args.rate > 0.0;
+    if !valid {
+        eprintln!("lameduck lab: --time-scale must be in (0, 1] and --rate above 0");
+        return Ok(ExitCode::from(64));
+    }
+    let manifest = match &args.manifest {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(lameduck::manifest::parse_documents(
+                &path.display().to_string(),
+                &text,
+            )?)
+        }
+        None => None,
+    };
+    let binaries = match (args.demo_app, args.sidecar) {
+        (Some(demo), Some(sidecar)) => (demo, sidecar),
+        _ => lameduck::lab::find_binaries()?,
+    };
+    let scenarios = if args.scenarios.is_empty() {
+        SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        args.scenarios
+    };
+    let scale = args.time_scale;
+    println!(
+        "timings (x{scale}): app startup {:.2}s, readiness period {:.2}s, preStop {:.2}s, grace {:.1}s/{:.1}s (plain/fixed), \
+         sidecar delay {:.2}s + drain {:.2}s, ingress sync {:.2}s + poll {:.2}s, longest request {:.2}s; load {} POST/s",
+        5.0 * scale,
+        scale,
+        15.0 * scale,
+        30.0 * scale,
+        40.0 * scale,
+        15.0 * scale,
+        30.0 * scale,
+        args.sync_interval.as_secs_f64() * scale,
+        args.poll_interval.as_secs_f64() * scale,
+        10.0 * scale,
+        args.rate
+    );
+    let mut header = format!("{:<20} {:>8} {:>7}", "scenario", "requests", "failed");
+    for cause in CAUSES {
+        let short: String = cause.chars().take(9).collect();
+        header.push_str(&format!(" {short:>9}"));
+    }
+    header.push_str(&format!(" {:>9} {:>8}", "rollout s", "p99 ms"));
+    println!("{header}");
+    let config = LabConfig {
+        scenarios,
+        time_scale: scale,
+        rate: args.rate,
+        sync_interval: args.sync_interval,
+        poll_interval: args.poll_interval,
+        manifest,
+        binaries,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let results = runtime.block_on(async {
+        tokio::select! {
+            results = lameduck::lab::run(&config, |r| println!("{}", row(r))) => results.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+        }
+    })?;
+    // Dropping the runtime kills every pod process (kill_on_drop).
+    drop(runtime);
+    let Some(results) = results else {
+        eprintln!("lameduck lab: interrupted; every pod process was stopped");
+        return Ok(ExitCode::from(130));
+    };
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({ "scenarios": results });
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
