@@ -2,5 +2,6 @@
 
 mod inject;
 mod k8s;
+mod lab;
 mod load;
 mod system;

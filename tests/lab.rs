@@ -1,0 +1,108 @@
+//! `lameduck lab`: the real binaries (lameduck, demo-app, lameduck-sidecar), every
+//! scenario, and the verdicts the project exists for.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The binaries `cargo test --workspace` builds beside this test's own.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn causes(scenario: &Value) -> Vec<(&str, u64)> {
+    scenario["causes"]
+        .as_object()
+        .expect("causes")
+        .iter()
+        .filter_map(|(cause, n)| Some((cause.as_str(), n.as_u64()?)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[test]
+fn the_classic_fixes_remove_the_causes_one_by_one_and_the_sidecar_loses_nothing() {
+    let out = std::env::temp_dir().join(format!("lameduck-lab-{}.json", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_lameduck"))
+        .arg("lab")
+        .arg("--json")
+        .arg(&out)
+        .arg("--demo-app")
+        .arg(binary("demo-app"))
+        .arg("--sidecar")
+        .arg(binary("lameduck-sidecar"))
+        .output()
+        .expect("running lameduck lab");
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("lab JSON")).expect("JSON");
+    let _ = std::fs::remove_file(&out);
+    let scenarios: Vec<&Value> = json["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .collect();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "plain",
+            "+readiness",
+            "+graceful-shutdown",
+            "+prestop",
+            "sidecar",
+            "sidecar-classic"
+        ]
+    );
+    for scenario in &scenarios {
+        assert!(scenario["requests"].as_u64().unwrap_or(0) > 300, "{table}");
+    }
+    let lost = |i: usize| {
+        causes(scenarios[i])
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect::<Vec<_>>()
+    };
+    let plain = lost(0);
+    assert!(
+        plain.len() >= 2,
+        "plain must lose requests to at least two causes:\n{table}"
+    );
+    assert!(plain.contains(&"premature-activation"), "{table}");
+    assert!(
+        !lost(1).contains(&"premature-activation"),
+        "the readiness probe removes premature activation:\n{table}"
+    );
+    assert!(!lost(1).is_empty(), "{table}");
+    assert!(
+        !lost(2).contains(&"inflight-cut"),
+        "graceful shutdown removes in-flight cuts:\n{table}"
+    );
+    for i in 3..6 {
+        assert_eq!(
+            scenarios[i]["failed"], 0,
+            "{} must lose nothing:\n{table}",
+            names[i]
+        );
+    }
+}
