@@ -32,6 +32,10 @@ pub(crate) struct LabArgs {
     /// A Deployment (and its Service) to use instead of the shipped demo.
     #[arg(long)]
     manifest: Option<PathBuf>,
+    /// Run this server as the app instead of demo-app, with `sh -c`; `{host}`, `{port}`
+    /// and `{addr}` are replaced by the pod's address.
+    #[arg(long)]
+    app_cmd: Option<String>,
     /// The demo-app binary (default: beside lameduck, built if needed).
     #[arg(long, requires = "sidecar")]
     demo_app: Option<PathBuf>,
@@ -115,6 +119,7 @@ pub(crate) fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         poll_interval: args.poll_interval,
         manifest,
         binaries,
+        app_cmd: args.app_cmd,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

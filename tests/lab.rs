@@ -106,3 +106,53 @@ fn the_classic_fixes_remove_the_causes_one_by_one_and_the_sidecar_loses_nothing(
         );
     }
 }
+
+#[test]
+#[ignore = "system suite: needs python3 (Debian python3)"]
+fn a_server_that_is_not_ours_loses_nothing_behind_the_sidecar() {
+    crate::system::require_system_suite();
+    let python = crate::system::require_program("python3", "python3");
+    let server = crate::system::repo_root().join("examples/app-cmd/post_server.py");
+    let out =
+        std::env::temp_dir().join(format!("lameduck-lab-app-cmd-{}.json", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_lameduck"))
+        .args([
+            "lab",
+            "--scenario",
+            "plain",
+            "--scenario",
+            "sidecar",
+            "--json",
+        ])
+        .arg(&out)
+        .arg("--app-cmd")
+        .arg(format!(
+            "{} {} {{host}} {{port}}",
+            python.display(),
+            server.display()
+        ))
+        .arg("--demo-app")
+        .arg(binary("demo-app"))
+        .arg("--sidecar")
+        .arg(binary("lameduck-sidecar"))
+        .output()
+        .expect("running lameduck lab");
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("lab JSON")).expect("JSON");
+    let _ = std::fs::remove_file(&out);
+    let scenarios = json["scenarios"].as_array().expect("scenarios");
+    assert!(
+        scenarios[0]["failed"].as_u64().unwrap_or(0) > 0,
+        "the plain python server loses requests:\n{table}"
+    );
+    assert_eq!(
+        scenarios[1]["failed"], 0,
+        "behind the sidecar it loses none:\n{table}"
+    );
+}

@@ -66,6 +66,8 @@ pub struct LabConfig {
     pub manifest: Option<Vec<Value>>,
     /// The programs.
     pub binaries: (PathBuf, PathBuf),
+    /// Runs this instead of demo-app (`{host}`, `{port}`, `{addr}` replaced).
+    pub app_cmd: Option<String>,
 }
 
 /// One scenario's outcome.
@@ -190,8 +192,8 @@ pub async fn run(
                 message,
             }
         })?;
-        let workload =
-            model::workload(&documents, config.time_scale).map_err(|e| LabError::Scenario {
+        let workload = model::workload(&documents, config.time_scale, config.app_cmd.as_deref())
+            .map_err(|e| LabError::Scenario {
                 scenario: name.clone(),
                 message: e.to_string(),
             })?;

@@ -44,6 +44,8 @@ pub(crate) enum Program {
     DemoApp,
     /// The lameduck sidecar.
     Sidecar,
+    /// Any server, run with `sh -c`; `{host}`, `{port}` and `{addr}` are replaced.
+    Command(String),
 }
 
 /// One container.
@@ -196,8 +198,13 @@ fn scaled_count(value: Option<&Value>, replicas: u32, round_up: bool) -> u32 {
     }
 }
 
-/// Reads the Deployment and the Service targeting it from a stream.
-pub(crate) fn workload(documents: &[Value], by: f64) -> Result<Workload, ModelError> {
+/// Reads the Deployment and the Service targeting it from a stream; `app_cmd`
+/// replaces the program of every container that is not the sidecar.
+pub(crate) fn workload(
+    documents: &[Value],
+    by: f64,
+    app_cmd: Option<&str>,
+) -> Result<Workload, ModelError> {
     let deployment = documents
         .iter()
         .find(|d| crate::manifest::kind(d) == "Deployment")
@@ -270,11 +277,13 @@ pub(crate) fn workload(documents: &[Value], by: f64) -> Result<Workload, ModelEr
         let image = c.get("image").and_then(Value::as_str).unwrap_or("");
         let program = if name == crate::inject::SIDECAR_NAME || image.contains("lameduck/sidecar") {
             Program::Sidecar
+        } else if let Some(command) = app_cmd {
+            Program::Command(command.to_owned())
         } else if image.contains("demo-app") {
             Program::DemoApp
         } else {
             return Err(ModelError(format!(
-                "container {name:?} runs {image:?}: the lab runs demo-app and lameduck-sidecar images"
+                "container {name:?} runs {image:?}: the lab runs demo-app and lameduck-sidecar images, or --app-cmd"
             )));
         };
         let mut env: Vec<(String, String)> = c

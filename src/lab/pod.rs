@@ -174,7 +174,7 @@ fn spawn(
     binaries: &Binaries,
     startup_delay: Duration,
 ) -> std::io::Result<Child> {
-    let mut command = match container.program {
+    let mut command = match &container.program {
         Program::DemoApp => {
             let mut c = Command::new(&binaries.demo_app);
             let port = container.ports.first().map_or(8080, |(_, p)| *p);
@@ -183,6 +183,16 @@ fn spawn(
             c
         }
         Program::Sidecar => Command::new(&binaries.sidecar),
+        Program::Command(template) => {
+            let port = container.ports.first().map_or(8080, |(_, p)| *p);
+            let line = template
+                .replace("{addr}", &addr(ip, port).to_string())
+                .replace("{host}", &ip.to_string())
+                .replace("{port}", &port.to_string());
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(format!("exec {line}"));
+            c
+        }
     };
     for (name, value) in &container.env {
         if name == "LISTEN" {
@@ -333,12 +343,30 @@ async fn kubelet(
                 Ok(child) => child,
                 Err(_) => return,
             };
-            if container.program == Program::DemoApp {
-                let timeline = timeline.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(startup_delay).await;
-                    timeline.record(id, EventKind::AppServing);
-                });
+            match &container.program {
+                Program::DemoApp => {
+                    let timeline = timeline.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(startup_delay).await;
+                        timeline.record(id, EventKind::AppServing);
+                    });
+                }
+                Program::Command(_) => {
+                    // A server we know nothing about serves once it accepts connections.
+                    let timeline = timeline.clone();
+                    let target = addr(ip, container.ports.first().map_or(8080, |(_, p)| *p));
+                    tokio::spawn(async move {
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        while Instant::now() < deadline {
+                            if TcpStream::connect(target).await.is_ok() {
+                                timeline.record(id, EventKind::AppServing);
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    });
+                }
+                Program::Sidecar => {}
             }
             running.push(Running {
                 container: container.clone(),
