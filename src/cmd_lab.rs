@@ -17,6 +17,9 @@ pub(crate) struct LabArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write a self-contained HTML report (timelines per scenario) here.
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// POST requests per second through the ingress.
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
@@ -89,7 +92,7 @@ pub(crate) fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         args.scenarios
     };
     let scale = args.time_scale;
-    println!(
+    let timings = format!(
         "timings (x{scale}): app startup {:.2}s, readiness period {:.2}s, preStop {:.2}s, grace {:.1}s/{:.1}s (plain/fixed), \
          sidecar delay {:.2}s + drain {:.2}s, ingress sync {:.2}s + poll {:.2}s, longest request {:.2}s; load {} POST/s",
         5.0 * scale,
@@ -104,6 +107,7 @@ pub(crate) fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         10.0 * scale,
         args.rate
     );
+    println!("{timings}");
     let mut header = format!("{:<20} {:>8} {:>7}", "scenario", "requests", "failed");
     for cause in CAUSES {
         let short: String = cause.chars().take(9).collect();
@@ -137,6 +141,10 @@ pub(crate) fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         eprintln!("lameduck lab: interrupted; every pod process was stopped");
         return Ok(ExitCode::from(130));
     };
+    if let Some(path) = &args.html {
+        std::fs::write(path, lameduck::lab::report::html(&results, &timings))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if let Some(path) = &args.json {
         let json = serde_json::json!({ "scenarios": results });
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)

@@ -156,3 +156,107 @@ fn a_server_that_is_not_ours_loses_nothing_behind_the_sidecar() {
         "behind the sidecar it loses none:\n{table}"
     );
 }
+
+#[test]
+#[ignore = "system suite: needs chromium (Debian chromium)"]
+fn the_html_report_renders_in_headless_chromium_with_its_timelines() {
+    crate::system::require_system_suite();
+    let chromium = crate::system::require_program("chromium", "chromium");
+    let dir = std::env::temp_dir().join(format!("lameduck-lab-html-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let html = dir.join("report.html");
+    let output = Command::new(env!("CARGO_BIN_EXE_lameduck"))
+        .args([
+            "lab",
+            "--scenario",
+            "plain",
+            "--scenario",
+            "sidecar",
+            "--html",
+        ])
+        .arg(&html)
+        .arg("--demo-app")
+        .arg(binary("demo-app"))
+        .arg("--sidecar")
+        .arg(binary("lameduck-sidecar"))
+        .output()
+        .expect("running lameduck lab");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let page = std::fs::read_to_string(&html).expect("report");
+    for loads in ["src=", "href=", "url(", "<script", "@import"] {
+        assert!(
+            !page.contains(loads),
+            "the report must be self-contained, found {loads:?}"
+        );
+    }
+
+    let chrome = |extra: &[&str]| {
+        Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--enable-logging=stderr",
+                "--v=0",
+            ])
+            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+            .args(extra)
+            .arg(format!("file://{}", html.display()))
+            .output()
+            .expect("running chromium")
+    };
+    let dom = chrome(&["--dump-dom"]);
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let dom_text = String::from_utf8_lossy(&dom.stdout);
+    assert_eq!(
+        dom_text.matches("class=\"timeline\"").count(),
+        2,
+        "one timeline per scenario"
+    );
+    assert!(
+        dom_text.matches("class=\"requests\"").count() > 20,
+        "request bars are drawn"
+    );
+    assert!(
+        dom_text.matches("class=\"pod\"").count() >= 20,
+        "pod lifecycle bars are drawn"
+    );
+    let log = String::from_utf8_lossy(&dom.stderr);
+    for bad in [
+        "CONSOLE",
+        "Uncaught",
+        "Failed to load resource",
+        "net::ERR_",
+    ] {
+        assert!(!log.contains(bad), "chromium reported {bad:?}:\n{log}");
+    }
+    let png = dir.join("report.png");
+    let shot = chrome(&[
+        "--window-size=1100,1600",
+        &format!("--screenshot={}", png.display()),
+    ]);
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 30_000,
+        "a screenshot of drawn timelines, got {size} bytes"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::pod::Timeline;
+use super::pod::{EventKind, Timeline};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -141,7 +141,13 @@ async fn workers(shared: Arc<Shared>, synced: Arc<RwLock<Vec<Endpoint>>>, interv
     loop {
         tokio::time::sleep(interval).await;
         let latest = synced.read().map(|s| s.clone()).unwrap_or_default();
-        if let Ok(mut view) = shared.view.write() {
+        if let Ok(mut view) = shared.view.write()
+            && *view != latest
+        {
+            shared.timeline.record(
+                0,
+                EventKind::IngressView(latest.iter().map(|e| e.pod).collect()),
+            );
             *view = latest;
         }
     }

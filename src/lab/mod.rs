@@ -11,6 +11,7 @@
 mod ingress;
 mod model;
 mod pod;
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -85,6 +86,18 @@ pub struct ScenarioResult {
     pub rollout_seconds: f64,
     /// p99 latency from the scheduled time, ms.
     pub p99_ms: f64,
+    /// For the HTML report.
+    #[serde(skip)]
+    pub trace: Option<Trace>,
+}
+
+/// What a scenario's report draws: its requests and its pods' timeline.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// Each request: (send time on the timeline, cause or `None` when it succeeded).
+    pub requests: Vec<(f64, Option<&'static str>)>,
+    /// Every pod and cluster event, in order.
+    pub(crate) events: Vec<pod::Event>,
 }
 
 /// Errors that stop the lab.
@@ -296,7 +309,12 @@ async fn scenario(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    endpoints_tx.send_replace(endpoints(&members, workload.service_port));
+    let initial = endpoints(&members, workload.service_port);
+    timeline.record(
+        0,
+        EventKind::Endpoints(initial.iter().map(|e| e.pod).collect()),
+    );
+    endpoints_tx.send_replace(initial);
     // Let the ingress see the initial endpoints before load starts.
     tokio::time::sleep(
         (config.sync_interval + config.poll_interval).mul_f64(scale) + Duration::from_millis(50),
@@ -376,6 +394,12 @@ async fn scenario(
         let published = endpoints(&members, workload.service_port);
         endpoints_tx.send_if_modified(|current| {
             let changed = *current != published;
+            if changed {
+                timeline.record(
+                    0,
+                    EventKind::Endpoints(published.iter().map(|e| e.pod).collect()),
+                );
+            }
             *current = published;
             changed
         });
@@ -405,8 +429,11 @@ async fn scenario(
     let summary = crate::load::Summary::of(&report);
     let log = ingress.log.lock().map(|l| l.clone()).unwrap_or_default();
     let mut causes: BTreeMap<String, u64> = CAUSES.iter().map(|c| ((*c).to_owned(), 0)).collect();
+    let mut requests = Vec::with_capacity(report.records.len());
     for (seq, record) in report.records.iter().enumerate() {
+        let sent = load_offset.as_secs_f64() + record.scheduled_us as f64 / 1e6;
         if record.ok() {
+            requests.push((sent, None));
             continue;
         }
         let entry = log.get(&(seq as u64));
@@ -437,6 +464,7 @@ async fn scenario(
             );
         }
         *causes.entry(cause.to_owned()).or_insert(0) += 1;
+        requests.push((sent, Some(cause)));
     }
     drop(members);
     Ok(ScenarioResult {
@@ -446,6 +474,10 @@ async fn scenario(
         causes,
         rollout_seconds,
         p99_ms: summary.latency_from_scheduled.map_or(0.0, |l| l.p99_ms),
+        trace: Some(Trace {
+            requests,
+            events: timeline.events(),
+        }),
     })
 }
 

@@ -39,6 +39,10 @@ pub(crate) enum EventKind {
     Sigterm(String),
     Sigkill(String),
     Exited(String),
+    /// The EndpointSlice changed (pod 0: not about one pod); the ready pods.
+    Endpoints(Vec<usize>),
+    /// The ingress workers picked up a new endpoint set (pod 0).
+    IngressView(Vec<usize>),
 }
 
 /// One event.
