@@ -24,7 +24,7 @@ pub(crate) struct LabArgs {
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
     /// Every duration from the manifests and the ingress is multiplied by this.
-    #[arg(long, default_value_t = 0.15)]
+    #[arg(long, default_value_t = 0.12)]
     time_scale: f64,
     /// ingress-nginx controller sync interval (rate limit 0.3/s, burst 1), before scaling.
     #[arg(long, default_value = "3333ms", value_parser = humantime::parse_duration)]

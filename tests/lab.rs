@@ -260,3 +260,59 @@ fn the_html_report_renders_in_headless_chromium_with_its_timelines() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Processes whose environment carries `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let needle = marker.as_bytes();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
+}
+
+#[test]
+fn sigint_mid_run_stops_every_pod_process() {
+    let marker = format!("LAMEDUCK_LAB_LEAK_MARKER={}", std::process::id());
+    let (key, value) = marker.split_once('=').expect("marker");
+    let mut lab = Command::new(env!("CARGO_BIN_EXE_lameduck"))
+        .arg("lab")
+        .arg("--demo-app")
+        .arg(binary("demo-app"))
+        .arg("--sidecar")
+        .arg(binary("lameduck-sidecar"))
+        .env(key, value)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running lameduck lab");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let running = processes_with(&marker);
+    assert!(
+        running.len() > 3,
+        "the lab should be running pods by now: {running:?}"
+    );
+    let status = Command::new("kill")
+        .args(["-INT", &lab.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = lab.wait().expect("lab exit");
+    assert_eq!(exit.code(), Some(130));
+    // Children are killed as the runtime drops them; give the kernel a moment to reap.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = processes_with(&marker);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes left behind: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
