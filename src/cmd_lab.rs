@@ -8,6 +8,15 @@ use anyhow::Context;
 use clap::Args;
 use lameduck::lab::{CAUSES, LabConfig, SCENARIOS, ScenarioResult};
 
+/// Which ingress stands in front of the pods.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum IngressArg {
+    /// The embedded ingress with ingress-nginx's semantics.
+    Embedded,
+    /// The real nginx (Debian package nginx), reloaded after the same lag.
+    Nginx,
+}
+
 /// Local rolling-upgrade comparison with real processes (no cluster, no root).
 #[derive(Debug, Args)]
 pub(crate) struct LabArgs {
@@ -20,6 +29,9 @@ pub(crate) struct LabArgs {
     /// Write a self-contained HTML report (timelines per scenario) here.
     #[arg(long)]
     html: Option<PathBuf>,
+    /// The ingress: embedded, or the real nginx.
+    #[arg(long, value_enum, default_value_t = IngressArg::Embedded)]
+    ingress: IngressArg,
     /// POST requests per second through the ingress.
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
@@ -116,6 +128,10 @@ pub(crate) fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     header.push_str(&format!(" {:>9} {:>8}", "rollout s", "p99 ms"));
     println!("{header}");
     let config = LabConfig {
+        ingress: match args.ingress {
+            IngressArg::Embedded => lameduck::lab::IngressKind::Embedded,
+            IngressArg::Nginx => lameduck::lab::IngressKind::Nginx,
+        },
         scenarios,
         time_scale: scale,
         rate: args.rate,

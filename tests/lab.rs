@@ -34,9 +34,30 @@ fn causes(scenario: &Value) -> Vec<(&str, u64)> {
 
 #[test]
 fn the_classic_fixes_remove_the_causes_one_by_one_and_the_sidecar_loses_nothing() {
-    let out = std::env::temp_dir().join(format!("lameduck-lab-{}.json", std::process::id()));
+    assert_verdicts("embedded");
+}
+
+#[test]
+#[ignore = "system suite: needs nginx (Debian nginx)"]
+fn the_real_nginx_gives_the_same_verdicts() {
+    crate::system::require_system_suite();
+    assert!(
+        std::path::Path::new("/usr/sbin/nginx").is_file()
+            || crate::system::find_program("nginx").is_some(),
+        "LAMEDUCK_SYSTEM_TESTS=1 but nginx is missing: install nginx (.ci/run does)"
+    );
+    assert_verdicts("nginx");
+}
+
+/// Runs every scenario behind `ingress` and checks the verdicts.
+fn assert_verdicts(ingress: &str) {
+    let out = std::env::temp_dir().join(format!(
+        "lameduck-lab-{ingress}-{}.json",
+        std::process::id()
+    ));
     let output = Command::new(env!("CARGO_BIN_EXE_lameduck"))
         .arg("lab")
+        .args(["--ingress", ingress])
         .arg("--json")
         .arg(&out)
         .arg("--demo-app")

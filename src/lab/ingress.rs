@@ -118,7 +118,7 @@ pub(crate) async fn start(
 }
 
 /// The controller: applies endpoint changes at most once per `interval` (token bucket, burst 1).
-async fn controller(
+pub(super) async fn controller(
     mut endpoints: watch::Receiver<Vec<Endpoint>>,
     synced: Arc<RwLock<Vec<Endpoint>>>,
     interval: Duration,

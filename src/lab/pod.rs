@@ -57,6 +57,8 @@ pub(crate) struct Event {
 #[derive(Debug)]
 pub(crate) struct Timeline {
     pub(crate) start: Instant,
+    /// The same moment on the wall clock (nginx logs wall-clock times).
+    pub(crate) epoch: std::time::SystemTime,
     events: Mutex<Vec<Event>>,
 }
 
@@ -64,6 +66,7 @@ impl Timeline {
     pub(crate) fn new() -> Self {
         Self {
             start: Instant::now(),
+            epoch: std::time::SystemTime::now(),
             events: Mutex::new(Vec::new()),
         }
     }

@@ -1,0 +1,233 @@
+//! `--ingress nginx`: the real nginx (Debian's) in place of the embedded ingress.
+//!
+//! Its upstream block is rendered from the endpoints and reloaded (SIGHUP) after the
+//! same lag as the embedded ingress (controller sync, then worker poll). Like
+//! ingress-nginx it round-robins, never ejects a peer (`max_fails=0`), keeps upstream
+//! connections 60 s, and retries `error timeout` up to 3 tries (POST only when
+//! nothing was sent). One difference stays: ingress-nginx changes endpoints without a
+//! reload (Lua), while a reload here starts new workers and lets old ones finish.
+//! Each request's tries are read back from the access log.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use super::ingress::{Endpoint, Entry, Try, controller};
+use super::pod::{EventKind, Timeline};
+
+/// A running nginx and where its log is.
+#[derive(Debug)]
+pub(crate) struct Nginx {
+    pub(crate) addr: SocketAddr,
+    dir: PathBuf,
+    pid: u32,
+    _child: Child,
+}
+
+fn config(dir: &Path, listen: SocketAddr, endpoints: &[Endpoint]) -> String {
+    let mut servers = String::new();
+    for endpoint in endpoints {
+        servers.push_str(&format!("    server {} max_fails=0;\n", endpoint.addr));
+    }
+    if endpoints.is_empty() {
+        // nginx needs one server; this one refuses, as an empty Service would.
+        servers.push_str("    server 127.0.0.1:9 max_fails=0;\n");
+    }
+    let d = dir.display();
+    format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+events {{ worker_connections 4096; }}\n\
+http {{\n  log_format lab '$http_x_lameduck_seq|$msec|$request_time|$status|$upstream_addr|$upstream_status|$upstream_connect_time|$upstream_bytes_received';\n\
+  access_log {d}/access.log lab;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+  upstream app {{\n{servers}    keepalive 64;\n    keepalive_timeout 60s;\n  }}\n\
+  server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://app;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+      proxy_next_upstream error timeout;\n      proxy_next_upstream_tries 3;\n      proxy_connect_timeout 5s;\n      proxy_read_timeout 60s;\n    }}\n  }}\n}}\n"
+    )
+}
+
+/// `nginx` on PATH, else where Debian installs it (/usr/sbin is not always on PATH).
+fn nginx_program() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nginx"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| PathBuf::from("nginx"))
+}
+
+fn free_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// Starts nginx following `endpoints` with the given lag.
+pub(crate) async fn start(
+    endpoints: watch::Receiver<Vec<Endpoint>>,
+    sync_interval: Duration,
+    poll_interval: Duration,
+    timeline: Arc<Timeline>,
+) -> Result<Nginx, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "lameduck-lab-nginx-{}-{}",
+        std::process::id(),
+        timeline.start.elapsed().as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let listen = free_port().map_err(|e| format!("finding a port for nginx: {e}"))?;
+    let conf = dir.join("nginx.conf");
+    let initial = endpoints.borrow().clone();
+    std::fs::write(&conf, config(&dir, listen, &initial))
+        .map_err(|e| format!("writing {}: {e}", conf.display()))?;
+    let child = Command::new(nginx_program())
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting nginx (Debian package nginx): {e}"))?;
+    let pid = child.id().unwrap_or(0);
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(listen).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let synced = Arc::new(RwLock::new(initial.clone()));
+    tokio::spawn(controller(endpoints, synced.clone(), sync_interval));
+    let reload_dir = dir.clone();
+    tokio::spawn(async move {
+        let mut current = initial;
+        loop {
+            tokio::time::sleep(poll_interval).await;
+            let latest = synced.read().map(|s| s.clone()).unwrap_or_default();
+            if latest == current {
+                continue;
+            }
+            if std::fs::write(
+                reload_dir.join("nginx.conf"),
+                config(&reload_dir, listen, &latest),
+            )
+            .is_ok()
+            {
+                let _ = std::process::Command::new("kill")
+                    .args(["-HUP", &pid.to_string()])
+                    .status();
+                timeline.record(
+                    0,
+                    EventKind::IngressView(latest.iter().map(|e| e.pod).collect()),
+                );
+                current = latest;
+            }
+        }
+    });
+    Ok(Nginx {
+        addr: listen,
+        dir,
+        pid,
+        _child: child,
+    })
+}
+
+impl Nginx {
+    /// Each request's tries, from the access log; `pods` maps pod addresses to pods.
+    pub(crate) fn entries(
+        &self,
+        timeline: &Timeline,
+        pods: &HashMap<Ipv4Addr, usize>,
+    ) -> HashMap<u64, Entry> {
+        let text = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+        let start = timeline
+            .epoch
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let mut entries = HashMap::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split('|').collect();
+            let [
+                seq,
+                msec,
+                request_time,
+                _status,
+                addrs,
+                statuses,
+                connects,
+                bytes,
+            ] = fields[..]
+            else {
+                continue;
+            };
+            let Ok(seq) = seq.parse::<u64>() else {
+                continue;
+            };
+            let ended = msec.parse::<f64>().unwrap_or(0.0);
+            let took = request_time.parse::<f64>().unwrap_or(0.0);
+            let at = Duration::from_secs_f64((ended - took - start).max(0.0));
+            let split = |s: &str| s.split(", ").map(str::to_owned).collect::<Vec<_>>();
+            let (addrs, statuses, connects, bytes) =
+                (split(addrs), split(statuses), split(connects), split(bytes));
+            let mut tries = Vec::new();
+            for (i, addr) in addrs.iter().enumerate() {
+                let pod = addr
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .and_then(|a| match a.ip() {
+                        std::net::IpAddr::V4(ip) => pods.get(&ip).copied(),
+                        std::net::IpAddr::V6(_) => None,
+                    })
+                    .unwrap_or(0);
+                let status = statuses.get(i).and_then(|s| s.parse::<u16>().ok());
+                let connected = connects.get(i).is_some_and(|c| c != "-");
+                let received = bytes
+                    .get(i)
+                    .and_then(|b| b.parse::<u64>().ok())
+                    .unwrap_or(0);
+                tries.push(match (connected, received, status) {
+                    (false, _, _) => Try::ConnectFailed { pod },
+                    (true, 0, _) => Try::SentAndFailed { pod, reused: false },
+                    (true, _, Some(status)) => Try::Answered { pod, status },
+                    (true, _, None) => Try::SentAndFailed { pod, reused: false },
+                });
+            }
+            entries.insert(seq, Entry { at, tries });
+        }
+        entries
+    }
+}
+
+/// Whether `pid` is still running (a zombie is not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit(") ")
+                .next()
+                .and_then(|rest| rest.chars().next())
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGKILL on the master alone would orphan its workers: ask it to stop them.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        for _ in 0..100 {
+            if !running(self.pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
