@@ -22,6 +22,38 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs `lameduck lab ARGS --json FILE` on the workspace's binaries; returns the
+/// JSON and the printed table.
+fn run_lab(args: &[std::ffi::OsString]) -> (Value, String) {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = std::env::temp_dir().join(format!("lameduck-lab-{}-{run}.json", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_lameduck"))
+        .arg("lab")
+        .args(args)
+        .arg("--json")
+        .arg(&out)
+        .arg("--demo-app")
+        .arg(binary("demo-app"))
+        .arg("--sidecar")
+        .arg(binary("lameduck-sidecar"))
+        .output()
+        .expect("running lameduck lab");
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json = serde_json::from_slice(&std::fs::read(&out).expect("lab JSON")).expect("JSON");
+    let _ = std::fs::remove_file(&out);
+    (json, table)
+}
+
+fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
+    args.iter().map(Into::into).collect()
+}
+
 fn causes(scenario: &Value) -> Vec<(&str, u64)> {
     scenario["causes"]
         .as_object()
@@ -51,30 +83,7 @@ fn the_real_nginx_gives_the_same_verdicts() {
 
 /// Runs every scenario behind `ingress` and checks the verdicts.
 fn assert_verdicts(ingress: &str) {
-    let out = std::env::temp_dir().join(format!(
-        "lameduck-lab-{ingress}-{}.json",
-        std::process::id()
-    ));
-    let output = Command::new(env!("CARGO_BIN_EXE_lameduck"))
-        .arg("lab")
-        .args(["--ingress", ingress])
-        .arg("--json")
-        .arg(&out)
-        .arg("--demo-app")
-        .arg(binary("demo-app"))
-        .arg("--sidecar")
-        .arg(binary("lameduck-sidecar"))
-        .output()
-        .expect("running lameduck lab");
-    let table = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{table}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: Value =
-        serde_json::from_slice(&std::fs::read(&out).expect("lab JSON")).expect("JSON");
-    let _ = std::fs::remove_file(&out);
+    let (json, table) = run_lab(&os(&["--ingress", ingress]));
     let scenarios: Vec<&Value> = json["scenarios"]
         .as_array()
         .expect("scenarios")
@@ -134,39 +143,16 @@ fn a_server_that_is_not_ours_loses_nothing_behind_the_sidecar() {
     crate::system::require_system_suite();
     let python = crate::system::require_program("python3", "python3");
     let server = crate::system::repo_root().join("examples/app-cmd/post_server.py");
-    let out =
-        std::env::temp_dir().join(format!("lameduck-lab-app-cmd-{}.json", std::process::id()));
-    let output = Command::new(env!("CARGO_BIN_EXE_lameduck"))
-        .args([
-            "lab",
-            "--scenario",
-            "plain",
-            "--scenario",
-            "sidecar",
-            "--json",
-        ])
-        .arg(&out)
-        .arg("--app-cmd")
-        .arg(format!(
+    let mut args = os(&["--scenario", "plain", "--scenario", "sidecar", "--app-cmd"]);
+    args.push(
+        format!(
             "{} {} {{host}} {{port}}",
             python.display(),
             server.display()
-        ))
-        .arg("--demo-app")
-        .arg(binary("demo-app"))
-        .arg("--sidecar")
-        .arg(binary("lameduck-sidecar"))
-        .output()
-        .expect("running lameduck lab");
-    let table = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{table}{}",
-        String::from_utf8_lossy(&output.stderr)
+        )
+        .into(),
     );
-    let json: Value =
-        serde_json::from_slice(&std::fs::read(&out).expect("lab JSON")).expect("JSON");
-    let _ = std::fs::remove_file(&out);
+    let (json, table) = run_lab(&args);
     let scenarios = json["scenarios"].as_array().expect("scenarios");
     assert!(
         scenarios[0]["failed"].as_u64().unwrap_or(0) > 0,
@@ -186,27 +172,9 @@ fn the_html_report_renders_in_headless_chromium_with_its_timelines() {
     let dir = std::env::temp_dir().join(format!("lameduck-lab-html-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let html = dir.join("report.html");
-    let output = Command::new(env!("CARGO_BIN_EXE_lameduck"))
-        .args([
-            "lab",
-            "--scenario",
-            "plain",
-            "--scenario",
-            "sidecar",
-            "--html",
-        ])
-        .arg(&html)
-        .arg("--demo-app")
-        .arg(binary("demo-app"))
-        .arg("--sidecar")
-        .arg(binary("lameduck-sidecar"))
-        .output()
-        .expect("running lameduck lab");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut args = os(&["--scenario", "plain", "--scenario", "sidecar", "--html"]);
+    args.push(html.clone().into());
+    run_lab(&args);
     let page = std::fs::read_to_string(&html).expect("report");
     for loads in ["src=", "href=", "url(", "<script", "@import"] {
         assert!(

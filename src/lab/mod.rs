@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::inject::{Mode, Options};
 use crate::load::{Limit, LoadConfig, Progress, Record};
 use ingress::{Endpoint, Try};
-use pod::{Binaries, EventKind, Pod, Timeline};
+use pod::{Binaries, EventKind, Pod, PodSpec, Timeline};
 
 /// The failure causes, in report order.
 pub const CAUSES: [&str; 6] = [
@@ -309,14 +309,14 @@ async fn scenario(
             }
         }
         members.push(Member {
-            pod: Pod::start(
-                next_pod,
+            pod: Pod::start(PodSpec {
+                id: next_pod,
                 ip,
-                pod_name,
-                Arc::new(w),
-                binaries.clone(),
-                timeline.clone(),
-            ),
+                name: pod_name,
+                workload: Arc::new(w),
+                binaries: binaries.clone(),
+                timeline: timeline.clone(),
+            }),
             new,
         });
     };
@@ -399,10 +399,18 @@ async fn scenario(
                 .filter(|m| m.new == new && !m.pod.is_deleted())
                 .count()
         };
+        // Available = Ready for minReadySeconds (endpoints follow Ready alone).
+        let now = timeline.now();
+        let available_pod = |m: &Member| {
+            m.pod.is_ready()
+                && timeline
+                    .last(m.pod.id, |k| *k == EventKind::Ready)
+                    .is_some_and(|since| since + workload.min_ready <= now)
+        };
         let ready = |new: bool| {
             members
                 .iter()
-                .filter(|m| m.new == new && !m.pod.is_deleted() && m.pod.is_ready())
+                .filter(|m| m.new == new && !m.pod.is_deleted() && available_pod(m))
                 .count()
         };
         let (old_live, new_live) = (live(false), live(true));
@@ -417,8 +425,9 @@ async fn scenario(
                 .filter(|m| !m.new && !m.pod.is_deleted())
                 .min_by_key(|m| m.pod.is_ready());
             if let Some(victim) = victim {
-                let keeps = available - usize::from(victim.pod.is_ready());
-                if !victim.pod.is_ready() || keeps >= min_available {
+                let counted = available_pod(victim);
+                let keeps = available - usize::from(counted);
+                if !counted || keeps >= min_available {
                     victim.pod.delete();
                 }
             }

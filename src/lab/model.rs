@@ -71,6 +71,11 @@ pub(crate) struct Workload {
     pub(crate) max_surge: u32,
     pub(crate) max_unavailable: u32,
     pub(crate) grace: Duration,
+    /// The kubelet's one-off extension for a preStop hook still running at the end
+    /// of the grace period (2 s, scaled).
+    pub(crate) hook_extension: Duration,
+    /// A Ready pod counts as available after this long (`minReadySeconds`, scaled).
+    pub(crate) min_ready: Duration,
     /// Native sidecars first (in order), then app containers.
     pub(crate) containers: Vec<Container>,
     /// The port the Service sends traffic to (resolved from `targetPort`).
@@ -183,6 +188,23 @@ fn pre_stop(container: &Value, pod_ports: &[(Option<String>, u16)], by: f64) -> 
     })
 }
 
+/// A container's ports with their names.
+fn named_ports(container: &Value) -> Vec<(Option<String>, u16)> {
+    container
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let port = u16::try_from(p.get("containerPort")?.as_u64()?).ok()?;
+            Some((
+                p.get("name").and_then(Value::as_str).map(str::to_owned),
+                port,
+            ))
+        })
+        .collect()
+}
+
 fn scaled_count(value: Option<&Value>, replicas: u32, round_up: bool) -> u32 {
     let percent = |p: u32| {
         if round_up {
@@ -251,22 +273,8 @@ pub(crate) fn workload(
                 .map(|c| (c, false)),
         )
         .collect();
-    let pod_ports: Vec<(Option<String>, u16)> = raw
-        .iter()
-        .flat_map(|(c, _)| {
-            c.get("ports")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
-        .filter_map(|p| {
-            let port = u16::try_from(p.get("containerPort")?.as_u64()?).ok()?;
-            Some((
-                p.get("name").and_then(Value::as_str).map(str::to_owned),
-                port,
-            ))
-        })
-        .collect();
+    let pod_ports: Vec<(Option<String>, u16)> =
+        raw.iter().flat_map(|(c, _)| named_ports(c)).collect();
     let mut containers = Vec::new();
     for (c, native_sidecar) in raw {
         let name = c
@@ -304,19 +312,7 @@ pub(crate) fn workload(
                 scale_env("STARTUP_DELAY", "5s", by),
             ));
         }
-        let ports = c
-            .get("ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|p| {
-                let port = u16::try_from(p.get("containerPort")?.as_u64()?).ok()?;
-                Some((
-                    p.get("name").and_then(Value::as_str).map(str::to_owned),
-                    port,
-                ))
-            })
-            .collect();
+        let ports = named_ports(c);
         containers.push(Container {
             name,
             program,
@@ -334,7 +330,16 @@ pub(crate) fn workload(
         .find_map(|s| port_of(s.pointer("/spec/ports/0/targetPort"), &pod_ports))
         .or_else(|| pod_ports.first().map(|(_, p)| *p))
         .ok_or_else(|| ModelError("no Service port and no container port".to_owned()))?;
+    let min_ready = scale(
+        deployment
+            .pointer("/spec/minReadySeconds")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0),
+        by,
+    );
     Ok(Workload {
+        hook_extension: scale(2.0, by),
+        min_ready,
         replicas,
         max_surge,
         max_unavailable,
@@ -342,4 +347,79 @@ pub(crate) fn workload(
         containers,
         service_port,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(strategy: &str, extra: &str) -> Vec<Value> {
+        let yaml = format!(
+            "kind: Service\nspec:\n  ports:\n  - port: 80\n    targetPort: http\n---\nkind: Deployment\nspec:\n  replicas: 5\n{strategy}{extra}  template:\n    spec:\n      terminationGracePeriodSeconds: 40\n      containers:\n      - name: app\n        image: lameduck/demo-app:1\n        ports: [{{name: http, containerPort: 8080}}]\n        lifecycle: {{preStop: {{exec: {{command: [/bin/sleep, \"15\"]}}}}}}\n        readinessProbe: {{httpGet: {{path: /readyz, port: http}}, periodSeconds: 2, failureThreshold: 1}}\n"
+        );
+        crate::manifest::parse_documents("t", &yaml).expect("valid YAML")
+    }
+
+    #[test]
+    fn rollout_numbers_round_as_kubernetes_does_and_durations_scale() {
+        let w = workload(&deployment("", "  minReadySeconds: 10\n"), 0.1, None).expect("workload");
+        assert_eq!(
+            (w.max_surge, w.max_unavailable),
+            (2, 1),
+            "25% of 5: surge up, unavailable down"
+        );
+        assert_eq!(w.min_ready, Duration::from_secs(1));
+        assert_eq!(w.grace, Duration::from_secs(4));
+        assert_eq!(w.hook_extension, Duration::from_millis(200));
+        assert_eq!(w.service_port, 8080);
+        let app = &w.containers[0];
+        assert_eq!(
+            app.pre_stop,
+            Some(PreStop::Sleep(Duration::from_millis(1500)))
+        );
+        let probe = app.readiness.as_ref().expect("probe");
+        assert_eq!(
+            probe.action,
+            ProbeAction::Http {
+                path: "/readyz".to_owned(),
+                port: 8080
+            }
+        );
+        assert_eq!(probe.period, Duration::from_millis(200));
+        assert!(
+            app.env
+                .iter()
+                .any(|(k, v)| k == "STARTUP_DELAY" && v == "500ms"),
+            "{:?}",
+            app.env
+        );
+
+        let strategy = "  strategy:\n    rollingUpdate: {maxSurge: 0, maxUnavailable: 0}\n";
+        let w = workload(&deployment(strategy, ""), 1.0, None).expect("workload");
+        assert_eq!(
+            (w.max_surge, w.max_unavailable),
+            (0, 1),
+            "both zero: unavailable 1"
+        );
+        let strategy =
+            "  strategy:\n    rollingUpdate: {maxSurge: \"50%\", maxUnavailable: \"50%\"}\n";
+        let w = workload(&deployment(strategy, ""), 1.0, None).expect("workload");
+        assert_eq!((w.max_surge, w.max_unavailable), (3, 2));
+    }
+
+    #[test]
+    fn other_images_need_app_cmd() {
+        let docs = crate::manifest::parse_documents(
+            "t",
+            "kind: Deployment\nspec:\n  template:\n    spec:\n      containers:\n      - name: web\n        image: nginx:1\n        ports: [{containerPort: 80}]\n",
+        )
+        .expect("valid YAML");
+        let error = workload(&docs, 1.0, None).expect_err("nginx image").0;
+        assert!(error.contains("--app-cmd"), "{error}");
+        let w = workload(&docs, 1.0, Some("python3 server.py {port}")).expect("with --app-cmd");
+        assert_eq!(
+            w.containers[0].program,
+            Program::Command("python3 server.py {port}".to_owned())
+        );
+    }
 }

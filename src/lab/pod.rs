@@ -86,14 +86,30 @@ impl Timeline {
         self.events.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
+    /// When `pod` last had an event matching `what`.
+    pub(crate) fn last(&self, pod: usize, what: impl Fn(&EventKind) -> bool) -> Option<Duration> {
+        self.find(pod, what, true)
+    }
+
     /// When `pod` first had an event matching `what`.
     pub(crate) fn first(&self, pod: usize, what: impl Fn(&EventKind) -> bool) -> Option<Duration> {
-        self.events
-            .lock()
-            .ok()?
-            .iter()
-            .find(|e| e.pod == pod && what(&e.kind))
-            .map(|e| e.at)
+        self.find(pod, what, false)
+    }
+
+    fn find(
+        &self,
+        pod: usize,
+        what: impl Fn(&EventKind) -> bool,
+        latest: bool,
+    ) -> Option<Duration> {
+        let events = self.events.lock().ok()?;
+        let matching = |e: &&Event| e.pod == pod && what(&e.kind);
+        let found = if latest {
+            events.iter().rev().find(matching)
+        } else {
+            events.iter().find(matching)
+        };
+        found.map(|e| e.at)
     }
 }
 
@@ -107,25 +123,27 @@ pub(crate) struct Pod {
     delete: watch::Sender<bool>,
 }
 
+/// What a pod is made of.
+#[derive(Debug, Clone)]
+pub(crate) struct PodSpec {
+    pub(crate) id: usize,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) name: String,
+    pub(crate) workload: Arc<Workload>,
+    pub(crate) binaries: Binaries,
+    pub(crate) timeline: Arc<Timeline>,
+}
+
 impl Pod {
     /// Starts the pod's containers and its kubelet.
-    pub(crate) fn start(
-        id: usize,
-        ip: Ipv4Addr,
-        name: String,
-        workload: Arc<Workload>,
-        binaries: Binaries,
-        timeline: Arc<Timeline>,
-    ) -> Self {
+    pub(crate) fn start(spec: PodSpec) -> Self {
         let (ready_tx, ready) = watch::channel(false);
         let (gone_tx, gone) = watch::channel(false);
         let (delete, delete_rx) = watch::channel(false);
-        timeline.record(id, EventKind::Created);
+        spec.timeline.record(spec.id, EventKind::Created);
+        let (id, ip) = (spec.id, spec.ip);
         tokio::spawn(async move {
-            kubelet(
-                id, ip, name, workload, binaries, timeline, ready_tx, delete_rx,
-            )
-            .await;
+            kubelet(spec, ready_tx, delete_rx).await;
             let _ = gone_tx.send(true);
         });
         Self {
@@ -321,17 +339,15 @@ async fn readiness_loop(probe: Probe, ip: Ipv4Addr, ready: watch::Sender<bool>) 
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn kubelet(
-    id: usize,
-    ip: Ipv4Addr,
-    name: String,
-    workload: Arc<Workload>,
-    binaries: Binaries,
-    timeline: Arc<Timeline>,
-    ready_tx: watch::Sender<bool>,
-    mut delete: watch::Receiver<bool>,
-) {
+async fn kubelet(spec: PodSpec, ready_tx: watch::Sender<bool>, mut delete: watch::Receiver<bool>) {
+    let PodSpec {
+        id,
+        ip,
+        name,
+        workload,
+        binaries,
+        timeline,
+    } = spec;
     let mut running: Vec<Running> = Vec::new();
     let mut container_ready: Vec<watch::Receiver<bool>> = Vec::new();
     let mut probes = tokio::task::JoinSet::new();
@@ -424,7 +440,14 @@ async fn kubelet(
     }
     ready_tx.send_replace(false);
     timeline.record(id, EventKind::Deleted);
-    terminate(id, ip, workload.grace, running, &timeline).await;
+    terminate(
+        id,
+        ip,
+        (workload.grace, workload.hook_extension),
+        running,
+        &timeline,
+    )
+    .await;
     probes.abort_all();
 }
 
@@ -432,7 +455,7 @@ async fn kubelet(
 async fn terminate(
     id: usize,
     ip: Ipv4Addr,
-    grace: Duration,
+    (grace, extension): (Duration, Duration),
     running: Vec<Running>,
     timeline: &Timeline,
 ) {
@@ -455,8 +478,11 @@ async fn terminate(
                     }
                 }
             };
-            // A hook still running at the deadline gets the kubelet's one-off 2 s extension (scaled away here).
-            let _ = tokio::time::timeout_at(deadline, run).await;
+            let mut run = std::pin::pin!(run);
+            if tokio::time::timeout_at(deadline, &mut run).await.is_err() {
+                // Still running at the end of the grace period: the kubelet's one-off extension.
+                let _ = tokio::time::timeout(extension, &mut run).await;
+            }
             timeline.record(id, EventKind::PreStopDone(name.clone()));
         }
         timeline.record(id, EventKind::Sigterm(name.clone()));
