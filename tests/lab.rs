@@ -278,12 +278,16 @@ fn sigint_mid_run_stops_every_pod_process() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("running lameduck lab");
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    let running = processes_with(&marker);
-    assert!(
-        running.len() > 3,
-        "the lab should be running pods by now: {running:?}"
-    );
+    // Interrupt it while pods run: the lab itself plus at least three pod processes.
+    let started = std::time::Instant::now();
+    while processes_with(&marker).len() < 4 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the lab started no pods within 30 s: {:?}",
+            processes_with(&marker)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let status = Command::new("kill")
         .args(["-INT", &lab.id().to_string()])
         .status()

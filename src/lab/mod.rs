@@ -287,6 +287,9 @@ async fn scenario(
         Front::Embedded(i) => i.addr,
         Front::Nginx(n) => n.addr,
     };
+    // Each lab process gets its own block of loopback addresses (by its pid), so two
+    // labs at once (concurrent tests, say) never bind the same pod address.
+    let block = u8::try_from(std::process::id() % 250 + 2).unwrap_or(2);
     let subnet = u8::try_from(index % 200 + 10).unwrap_or(10);
     let mut next_pod = 0usize;
     let mut members: Vec<Member> = Vec::new();
@@ -294,7 +297,7 @@ async fn scenario(
         next_pod += 1;
         let ip = Ipv4Addr::new(
             127,
-            1,
+            block,
             subnet,
             u8::try_from(next_pod % 250 + 1).unwrap_or(1),
         );
