@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use lameduck::inject::{self, Mode, Options};
+use lameduck::inject::{
+    self, DEFAULT_ADMIN_PORT, DEFAULT_APP_STOP_TIME, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IMAGE,
+    DEFAULT_SHUTDOWN_DELAY, DEFAULT_SIDECAR_PORT, Mode, Options,
+};
 use lameduck::manifest::{parse_stream, to_yaml};
 use serde_json::Value;
-
-/// Default sidecar image.
-pub(crate) const DEFAULT_IMAGE: &str = concat!("lameduck/sidecar:", env!("CARGO_PKG_VERSION"));
 
 /// Manifest sources: files, directories (their `.yaml`, `.yml` and `.json` files, in
 /// name order, recursively) or `-` for standard input.
@@ -102,19 +102,19 @@ pub(crate) struct InjectArgs {
     #[arg(long, value_enum, default_value_t = ModeArg::Native)]
     mode: ModeArg,
     /// Default shutdown delay (annotation lameduck.dev/shutdown-delay overrides).
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = DEFAULT_SHUTDOWN_DELAY, value_parser = humantime::parse_duration)]
     shutdown_delay: Duration,
     /// Default drain timeout (annotation lameduck.dev/drain-timeout overrides).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
     /// Time the app needs to exit once drained (annotation lameduck.dev/app-stop-time overrides).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = DEFAULT_APP_STOP_TIME, value_parser = humantime::parse_duration)]
     app_stop_time: Duration,
     /// The sidecar's serving port.
-    #[arg(long, default_value_t = 18080)]
+    #[arg(long, default_value_t = DEFAULT_SIDECAR_PORT)]
     sidecar_port: u16,
     /// The sidecar's admin port.
-    #[arg(long, default_value_t = 19901)]
+    #[arg(long, default_value_t = DEFAULT_ADMIN_PORT)]
     admin_port: u16,
     /// One /drain token for every workload (at least 16 characters). Default: a random
     /// one per workload, kept when the output is injected again.

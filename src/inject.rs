@@ -36,6 +36,19 @@ pub const GRACE_MARGIN_SECONDS: u64 = 5;
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 pub const DEFAULT_GRACE_SECONDS: u64 = 30;
 
+/// Default sidecar image.
+pub const DEFAULT_IMAGE: &str = concat!("lameduck/sidecar:", env!("CARGO_PKG_VERSION"));
+/// Default shutdown delay.
+pub const DEFAULT_SHUTDOWN_DELAY: &str = "15s";
+/// Default drain timeout.
+pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
+/// Default time the app needs to exit once drained.
+pub const DEFAULT_APP_STOP_TIME: &str = "5s";
+/// Default sidecar serving port.
+pub const DEFAULT_SIDECAR_PORT: u16 = 18080;
+/// Default sidecar admin port.
+pub const DEFAULT_ADMIN_PORT: u16 = 19901;
+
 /// Where the sidecar runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -71,14 +84,15 @@ impl Default for Options {
     /// The CLI's defaults: native sidecar, 15 s delay, 30 s drain, 5 s app stop,
     /// ports 18080 and 19901, a random token per workload.
     fn default() -> Self {
+        let duration = |text| humantime::parse_duration(text).unwrap_or_default();
         Self {
-            image: concat!("lameduck/sidecar:", env!("CARGO_PKG_VERSION")).to_owned(),
+            image: DEFAULT_IMAGE.to_owned(),
             mode: Mode::Native,
-            shutdown_delay: Duration::from_secs(15),
-            drain_timeout: Duration::from_secs(30),
-            app_stop_time: Duration::from_secs(5),
-            sidecar_port: 18080,
-            admin_port: 19901,
+            shutdown_delay: duration(DEFAULT_SHUTDOWN_DELAY),
+            drain_timeout: duration(DEFAULT_DRAIN_TIMEOUT),
+            app_stop_time: duration(DEFAULT_APP_STOP_TIME),
+            sidecar_port: DEFAULT_SIDECAR_PORT,
+            admin_port: DEFAULT_ADMIN_PORT,
             drain_token: None,
         }
     }
@@ -1001,4 +1015,18 @@ fn uninject_service(service: &mut Value, pod: &PodRef) -> Result<(), InjectError
         .unwrap_or(true);
     remove_annotation(service, "/metadata", existed, true);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_defaults_parse() {
+        let options = Options::default();
+        assert_eq!(options.shutdown_delay, Duration::from_secs(15));
+        assert_eq!(options.drain_timeout, Duration::from_secs(30));
+        assert_eq!(options.app_stop_time, Duration::from_secs(5));
+        assert_eq!(options.image, DEFAULT_IMAGE);
+    }
 }
