@@ -89,7 +89,11 @@ impl Admin {
             }
             ("/live", Method::GET | Method::HEAD) => text(StatusCode::OK, "live\n".to_owned()),
             ("/metrics", Method::GET) => {
+                // Looked at before encoding: the drain's outcome is recorded before the
+                // phase becomes `Drained`, so this scrape carries it.
+                let saw_outcome = self.lifecycle.phase() == crate::lifecycle::Phase::Drained;
                 let (content_type, body) = crate::metrics::encode(&self.registry);
+                self.lifecycle.record_scrape(saw_outcome);
                 let mut response = Response::new(Full::new(Bytes::from(body)));
                 if let Ok(value) = HeaderValue::from_str(&content_type) {
                     response.headers_mut().insert(header::CONTENT_TYPE, value);

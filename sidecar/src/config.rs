@@ -28,6 +28,10 @@ pub const DEFAULT_STARTUP_HOLD: &str = "30s";
 pub const DEFAULT_SHUTDOWN_DELAY: &str = "15s";
 /// How long in-flight requests may take once the listener is closed.
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
+/// After the drain, how long to wait for one more scrape of `/metrics` before exiting,
+/// so the drain's outcome reaches Prometheus (skipped when nothing ever scraped).
+/// Covers the 30 s scrape interval common with prometheus-operator.
+pub const DEFAULT_FINAL_SCRAPE_TIMEOUT: &str = "30s";
 /// Idle pooled upstream connections are dropped after this (below Node.js' 5 s).
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: &str = "4s";
 /// Connect timeout to the app.
@@ -139,6 +143,10 @@ pub struct Args {
     /// Bearer token that authorizes /drain from a non-loopback address (e.g. the kubelet's preStop).
     #[arg(long, env = "LAMEDUCK_DRAIN_TOKEN", hide_env_values = true)]
     pub drain_token: Option<String>,
+    /// After the drain, wait up to this long for one more scrape of /metrics before exiting
+    /// (only if /metrics was ever scraped; 0 exits at once).
+    #[arg(long, env = "LAMEDUCK_FINAL_SCRAPE_TIMEOUT", default_value = DEFAULT_FINAL_SCRAPE_TIMEOUT, value_parser = duration)]
+    pub final_scrape_timeout: Duration,
     /// Pooled connections to the app idle longer than this are not reused.
     #[arg(long, env = "LAMEDUCK_UPSTREAM_IDLE_TIMEOUT", default_value = DEFAULT_UPSTREAM_IDLE_TIMEOUT, value_parser = duration)]
     pub upstream_idle_timeout: Duration,
@@ -204,6 +212,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Drain token.
     pub drain_token: Option<String>,
+    /// Wait for a scrape that carries the drain's outcome, up to this long.
+    pub final_scrape_timeout: Duration,
     /// Upstream pool idle timeout.
     pub upstream_idle_timeout: Duration,
     /// Upstream connect timeout.
@@ -295,6 +305,7 @@ impl Args {
             shutdown_delay: self.shutdown_delay,
             drain_timeout: positive("--drain-timeout", self.drain_timeout)?,
             drain_token: self.drain_token,
+            final_scrape_timeout: self.final_scrape_timeout,
             upstream_idle_timeout: positive("--upstream-idle-timeout", self.upstream_idle_timeout)?,
             upstream_connect_timeout: positive(
                 "--upstream-connect-timeout",

@@ -26,6 +26,7 @@ mod server;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -67,12 +68,14 @@ pub enum Exit {
 }
 
 /// Runs the sidecar. `signals` yields once per SIGTERM/SIGINT (with its name); the
-/// first starts the drain, the process should exit when this returns.
+/// first starts the drain, the process should exit when this returns. After the
+/// drain it waits for one more scrape of `/metrics` (see `--final-scrape-timeout`).
 pub async fn run<S>(config: Config, registry: Registry, mut signals: S) -> Result<Exit, Error>
 where
     S: FnMut() -> std::pin::Pin<Box<dyn Future<Output = &'static str> + Send>>,
 {
     let metrics = Metrics::register(&registry)?;
+    let final_scrape_timeout = config.final_scrape_timeout;
     let bind = |what, addr| async move {
         TcpListener::bind(addr)
             .await
@@ -126,14 +129,41 @@ where
     if !signalled {
         // Drained through /drain: stay up (admin answers, /ready is 503) until told to exit.
         let signal = signals().await;
-        info!(signal, "signal received after the drain, exiting");
-        return Ok(Exit::Drained(lifecycle.drained().await));
+        info!(signal, "signal received after the drain");
+    } else {
+        tokio::select! {
+            _ = lifecycle.drained() => {}
+            signal = signals() => {
+                warn!(signal, "second signal during the drain, exiting at once");
+                return Ok(Exit::Forced);
+            }
+        }
     }
+    let outcome = lifecycle.drained().await;
+    wait_for_final_scrape(&lifecycle, final_scrape_timeout, &mut signals).await;
+    Ok(Exit::Drained(outcome))
+}
+
+/// Before exiting, lets Prometheus scrape the drain's outcome once: without this the
+/// counters of the last seconds of a pod's life are never seen. Skipped when nothing
+/// ever scraped `/metrics` (nobody is watching) and cut short by another signal.
+async fn wait_for_final_scrape<S>(lifecycle: &Lifecycle, timeout: Duration, signals: &mut S)
+where
+    S: FnMut() -> std::pin::Pin<Box<dyn Future<Output = &'static str> + Send>>,
+{
+    if timeout.is_zero() || !lifecycle.was_scraped() {
+        return;
+    }
+    let waited = Instant::now();
     tokio::select! {
-        outcome = lifecycle.drained() => Ok(Exit::Drained(outcome)),
+        _ = lifecycle.outcome_scraped() => {
+            info!(seconds = waited.elapsed().as_secs_f64(), "final scrape done, exiting");
+        }
+        _ = tokio::time::sleep(timeout) => {
+            info!(?timeout, "no scrape after the drain within the final scrape timeout, exiting");
+        }
         signal = signals() => {
-            warn!(signal, "second signal during the drain, exiting at once");
-            Ok(Exit::Forced)
+            info!(signal, "signal while waiting for the final scrape, exiting");
         }
     }
 }

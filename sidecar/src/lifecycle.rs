@@ -4,6 +4,8 @@
 //! (SIGTERM, SIGINT, `/drain`) moves to `ShutdownDelay` (still accepting, clients told
 //! to go away), then `Draining` (listener closed, in-flight requests finishing), then
 //! `Drained`. Triggers are idempotent: every caller waits for the same outcome.
+//! Before the process exits, it may wait for one more scrape of `/metrics` so that
+//! the drain's outcome reaches Prometheus (see `--final-scrape-timeout`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,6 +89,10 @@ struct Inner {
     drain_requested: AtomicBool,
     trigger: watch::Sender<Option<&'static str>>,
     outcome: watch::Sender<Option<DrainOutcome>>,
+    /// `/metrics` has been scraped at least once: somebody is watching.
+    scraped: AtomicBool,
+    /// A scrape has seen the drain's outcome.
+    outcome_scraped: watch::Sender<bool>,
 }
 
 impl Default for Lifecycle {
@@ -105,6 +111,8 @@ impl Lifecycle {
                 drain_requested: AtomicBool::new(false),
                 trigger: watch::channel(None).0,
                 outcome: watch::channel(None).0,
+                scraped: AtomicBool::new(false),
+                outcome_scraped: watch::channel(false).0,
             }),
         }
     }
@@ -191,6 +199,28 @@ impl Lifecycle {
             Ok(o) => o.unwrap_or(DrainOutcome::Drained),
             Err(_) => DrainOutcome::Drained,
         }
+    }
+}
+
+impl Lifecycle {
+    /// Records a scrape of `/metrics`; `saw_outcome` when the phase was already
+    /// `Drained` before the metrics were encoded (so the scrape carried the outcome).
+    pub fn record_scrape(&self, saw_outcome: bool) {
+        self.inner.scraped.store(true, Ordering::Release);
+        if saw_outcome {
+            self.inner.outcome_scraped.send_replace(true);
+        }
+    }
+
+    /// Whether `/metrics` has ever been scraped.
+    pub fn was_scraped(&self) -> bool {
+        self.inner.scraped.load(Ordering::Acquire)
+    }
+
+    /// Waits until a scrape has carried the drain's outcome.
+    pub async fn outcome_scraped(&self) {
+        let mut scraped = self.inner.outcome_scraped.subscribe();
+        let _ = scraped.wait_for(|s| *s).await;
     }
 }
 

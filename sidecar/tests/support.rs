@@ -180,6 +180,11 @@ impl Running {
             .expect("waiting for the sidecar")
     }
 
+    /// Whether the process has exited (without waiting).
+    pub(crate) fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     pub(crate) fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }

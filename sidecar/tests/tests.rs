@@ -510,3 +510,58 @@ async fn drain_from_loopback_is_accepted_and_blocks_until_drained() {
     sidecar.signal("TERM");
     assert_eq!(sidecar.wait().await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_scraped_sidecar_waits_for_one_scrape_that_carries_the_drain_outcome() {
+    let app = start_app(app_config());
+    let mut sidecar = Sidecar::new(app.addr)
+        .arg("--shutdown-delay=200ms")
+        .arg("--final-scrape-timeout=60s")
+        .start()
+        .await;
+    wait_ready(sidecar.admin, 200).await;
+    assert_eq!(
+        sidecar
+            .metric("lameduck_drains_total{outcome=\"drained\"}")
+            .await,
+        0.0
+    );
+    sidecar.signal("TERM");
+    // The drain is over after ~200 ms; the process waits for Prometheus.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !sidecar.has_exited(),
+        "a scraped sidecar must wait for the final scrape"
+    );
+    // Scrape until a scrape carries the outcome; the process exits right after it.
+    let mut seen = 0.0;
+    while seen == 0.0 && !sidecar.has_exited() {
+        seen = sidecar
+            .metric("lameduck_drains_total{outcome=\"drained\"}")
+            .await;
+    }
+    assert_eq!(seen, 1.0, "the final scrape carries the drain");
+    let waited = Instant::now();
+    assert_eq!(sidecar.wait().await.code(), Some(0));
+    assert!(waited.elapsed() < Duration::from_secs(5));
+    assert!(sidecar.log().contains("final scrape done"));
+}
+
+#[tokio::test]
+async fn a_sidecar_nobody_scrapes_exits_right_after_the_drain() {
+    let app = start_app(app_config());
+    let mut sidecar = Sidecar::new(app.addr)
+        .arg("--shutdown-delay=200ms")
+        .arg("--final-scrape-timeout=60s")
+        .start()
+        .await;
+    wait_ready(sidecar.admin, 200).await;
+    let signalled = Instant::now();
+    sidecar.signal("TERM");
+    assert_eq!(sidecar.wait().await.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exited after {:?}",
+        signalled.elapsed()
+    );
+}
