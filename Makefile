@@ -45,8 +45,13 @@ deploy: ## bump VERSION in the pod template and apply OVERLAY (plain|readiness|g
 show: ## print the rendered OVERLAY
 	$(KUSTOMIZE) k8s/overlays/$(OVERLAY)
 
-render: ## re-render k8s/rendered/*.yaml from the overlays (the lab reads these; CI checks they are fresh)
+render: ## re-render k8s/rendered/*.yaml from the overlays (the lab reads these) and the PrometheusRule from rules.yml (CI checks both are fresh)
 	@for o in $(OVERLAYS); do $(KUSTOMIZE) k8s/overlays/$$o > k8s/rendered/$$o.yaml || exit 1; echo "k8s/rendered/$$o.yaml"; done
+	@{ printf '%s\n' '# Generated from rules.yml by `make render`: edit rules.yml, not this file.' \
+	  'apiVersion: monitoring.coreos.com/v1' 'kind: PrometheusRule' 'metadata:' '  name: lameduck' \
+	  '  labels:' '    app.kubernetes.io/name: lameduck' 'spec:'; \
+	  grep -v '^#' k8s/monitoring/rules.yml | sed 's/^\(.\)/  \1/'; } > k8s/monitoring/prometheusrule.yaml
+	@echo k8s/monitoring/prometheusrule.yaml
 
 bench: ## benchmarks, side by side in one run (see benches/README.md)
 	benches/proxy-overhead/run.sh

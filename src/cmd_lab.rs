@@ -51,6 +51,11 @@ pub(crate) struct LabArgs {
     /// and `{addr}` are replaced by the pod's address.
     #[arg(long)]
     app_cmd: Option<String>,
+    /// Write a Prometheus configuration here that scrapes every lab sidecar while it
+    /// lives (targets and alerting rules are written beside it); start Prometheus with it
+    /// to watch the rollout live.
+    #[arg(long, value_name = "FILE")]
+    prometheus_config: Option<PathBuf>,
     /// The demo-app binary (default: beside lameduck, built if needed).
     #[arg(long, requires = "sidecar")]
     demo_app: Option<PathBuf>,
@@ -103,6 +108,22 @@ pub(crate) fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.scenarios
     };
+    let prometheus_targets = match &args.prometheus_config {
+        Some(path) => {
+            let files = lameduck::lab::prometheus::write_config(path).with_context(|| {
+                format!("writing the Prometheus configuration {}", path.display())
+            })?;
+            eprintln!(
+                "Prometheus configuration written to {} (targets {}, rules {}): prometheus --config.file={}",
+                files.config.display(),
+                files.targets.display(),
+                files.rules.display(),
+                files.config.display()
+            );
+            Some(files.targets)
+        }
+        None => None,
+    };
     let scale = args.time_scale;
     let timings = format!(
         "timings (x{scale}): app startup {:.2}s, readiness period {:.2}s, preStop {:.2}s, grace {:.1}s/{:.1}s (plain/fixed), \
@@ -140,6 +161,7 @@ pub(crate) fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         manifest,
         binaries,
         app_cmd: args.app_cmd,
+        prometheus_targets,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

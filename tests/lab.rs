@@ -7,7 +7,7 @@ use std::process::Command;
 use serde_json::Value;
 
 /// The binaries `cargo test --workspace` builds beside this test's own.
-fn binary(name: &str) -> PathBuf {
+pub(crate) fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     let dir = exe
         .parent()

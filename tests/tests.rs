@@ -4,4 +4,5 @@ mod inject;
 mod k8s;
 mod lab;
 mod load;
+mod monitoring;
 mod system;

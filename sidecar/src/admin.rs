@@ -15,6 +15,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -51,10 +52,15 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         };
         let admin = admin.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(request, peer).await) }
-            });
+            // Set when this connection served a scrape that carries the drain's outcome.
+            let final_scrape = Arc::new(AtomicBool::new(false));
+            let service = {
+                let (admin, final_scrape) = (admin.clone(), final_scrape.clone());
+                service_fn(move |request| {
+                    let (admin, final_scrape) = (admin.clone(), final_scrape.clone());
+                    async move { Ok::<_, Infallible>(admin.handle(request, peer, &final_scrape).await) }
+                })
+            };
             let result = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
@@ -63,12 +69,21 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
             if let Err(error) = result {
                 debug!(%error, "admin connection ended with an error");
             }
+            // Only now is that response written out: the process may exit.
+            if final_scrape.load(Ordering::Acquire) {
+                admin.lifecycle.record_scrape(true);
+            }
         });
     }
 }
 
 impl Admin {
-    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        final_scrape: &AtomicBool,
+    ) -> Response<Full<Bytes>> {
         let method = request.method().clone();
         match (request.uri().path(), method) {
             ("/ready", Method::GET | Method::HEAD) => {
@@ -93,10 +108,18 @@ impl Admin {
                 // phase becomes `Drained`, so this scrape carries it.
                 let saw_outcome = self.lifecycle.phase() == crate::lifecycle::Phase::Drained;
                 let (content_type, body) = crate::metrics::encode(&self.registry);
-                self.lifecycle.record_scrape(saw_outcome);
+                self.lifecycle.record_scrape(false);
                 let mut response = Response::new(Full::new(Bytes::from(body)));
                 if let Ok(value) = HeaderValue::from_str(&content_type) {
                     response.headers_mut().insert(header::CONTENT_TYPE, value);
+                }
+                if saw_outcome {
+                    // Close after this response, so that the end of the connection says
+                    // the scrape was delivered (see `serve`).
+                    final_scrape.store(true, Ordering::Release);
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 response
             }

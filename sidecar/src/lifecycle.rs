@@ -203,11 +203,11 @@ impl Lifecycle {
 }
 
 impl Lifecycle {
-    /// Records a scrape of `/metrics`; `saw_outcome` when the phase was already
-    /// `Drained` before the metrics were encoded (so the scrape carried the outcome).
-    pub fn record_scrape(&self, saw_outcome: bool) {
+    /// Records a scrape of `/metrics`; `delivered_outcome` once a scrape that began
+    /// after the drain (so it carries the outcome) has been written out.
+    pub fn record_scrape(&self, delivered_outcome: bool) {
         self.inner.scraped.store(true, Ordering::Release);
-        if saw_outcome {
+        if delivered_outcome {
             self.inner.outcome_scraped.send_replace(true);
         }
     }

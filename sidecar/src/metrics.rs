@@ -17,6 +17,13 @@ const DRAIN_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0,
 ];
 
+/// Retry reason: nothing of the request had been written.
+pub const RETRY_NOT_SENT: &str = "not_sent";
+/// Retry reason: a bodiless idempotent request failed on a reused connection.
+pub const RETRY_IDEMPOTENT: &str = "idempotent";
+/// The `reason` label values of `lameduck_upstream_retries_total`.
+pub const RETRY_REASONS: [&str; 2] = [RETRY_NOT_SENT, RETRY_IDEMPOTENT];
+
 /// Every metric the sidecar exports. See docs/metrics.md.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -150,6 +157,16 @@ impl Metrics {
         }
         for outcome in [DrainOutcome::Drained, DrainOutcome::TimedOut { cut: 0 }] {
             metrics.drains.with_label_values(&[outcome.as_str()]);
+        }
+        // Requests by class in every phase a request can start in: a pod drains once,
+        // briefly, and increase() needs the 0 before the first 5xx to see it.
+        for phase in Phase::ALL.iter().filter(|p| **p != Phase::Drained) {
+            for class in ["2xx", "3xx", "4xx", "5xx"] {
+                metrics.requests.with_label_values(&[class, phase.as_str()]);
+            }
+        }
+        for reason in RETRY_REASONS {
+            metrics.upstream_retries.with_label_values(&[reason]);
         }
         metrics.set_phase(Phase::Starting);
         Ok(metrics)

@@ -162,7 +162,7 @@ impl Upstream {
                         debug!(attempt, "request not sent, retrying on a fresh connection");
                         self.metrics
                             .upstream_retries
-                            .with_label_values(&["not_sent"])
+                            .with_label_values(&[crate::metrics::RETRY_NOT_SENT])
                             .inc();
                         request = unsent;
                         continue;
@@ -175,7 +175,7 @@ impl Upstream {
                             debug!(attempt, %error, "idempotent request failed on a reused connection, retrying");
                             self.metrics
                                 .upstream_retries
-                                .with_label_values(&["idempotent"])
+                                .with_label_values(&[crate::metrics::RETRY_IDEMPOTENT])
                                 .inc();
                             request = template.rebuild();
                         }

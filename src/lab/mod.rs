@@ -12,6 +12,7 @@ mod ingress;
 mod model;
 mod nginx;
 mod pod;
+pub mod prometheus;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -81,6 +82,8 @@ pub struct LabConfig {
     pub binaries: (PathBuf, PathBuf),
     /// Runs this instead of demo-app (`{host}`, `{port}`, `{addr}` replaced).
     pub app_cmd: Option<String>,
+    /// `--prometheus-config`: the `file_sd` target file to keep up to date.
+    pub prometheus_targets: Option<PathBuf>,
 }
 
 /// One scenario's outcome.
@@ -326,6 +329,37 @@ async fn scenario(
     for _ in 0..workload.replicas {
         create(&mut members, false);
     }
+    // Scrape targets: every pod with a sidecar, until the pod is gone (its last
+    // scrapes carry the drain's outcome).
+    let targets = config
+        .prometheus_targets
+        .as_ref()
+        .map(|path| prometheus::Targets::new(path.clone()));
+    let admin = workload
+        .containers
+        .iter()
+        .filter(|c| c.program == model::Program::Sidecar)
+        .find_map(|c| {
+            let port = c
+                .ports
+                .iter()
+                .find(|(n, _)| n.as_deref() == Some(crate::inject::ADMIN_PORT_NAME))?;
+            Some((port.1, c.name.clone()))
+        });
+    let sync_targets = |members: &[Member]| {
+        if let (Some(targets), Some((port, container))) = (&targets, &admin) {
+            let live = members
+                .iter()
+                .filter(|m| !m.pod.is_gone())
+                .map(|m| prometheus::Target {
+                    pod: m.pod.name.clone(),
+                    admin: (m.pod.ip, *port).into(),
+                    container: container.clone(),
+                })
+                .collect();
+            targets.sync(name, live);
+        }
+    };
     let ready_deadline = Instant::now() + Duration::from_secs(30);
     // The old pods are long settled in a real cluster: ready and serving.
     let settled = |m: &Member| {
@@ -335,6 +369,7 @@ async fn scenario(
                 .is_some()
     };
     while !members.iter().all(settled) {
+        sync_targets(&members);
         if Instant::now() > ready_deadline {
             return Err("the initial pods did not become ready within 30 s".to_owned());
         }
@@ -435,6 +470,7 @@ async fn scenario(
                 }
             }
         }
+        sync_targets(&members);
         let published = endpoints(&members, workload.service_port);
         endpoints_tx.send_if_modified(|current| {
             let changed = *current != published;
@@ -517,6 +553,7 @@ async fn scenario(
         requests.push((sent, Some(cause)));
     }
     drop(members);
+    sync_targets(&[]);
     Ok(ScenarioResult {
         name: name.to_owned(),
         requests: summary.requests,

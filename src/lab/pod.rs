@@ -118,6 +118,7 @@ impl Timeline {
 pub(crate) struct Pod {
     pub(crate) id: usize,
     pub(crate) ip: Ipv4Addr,
+    pub(crate) name: String,
     pub(crate) ready: watch::Receiver<bool>,
     pub(crate) gone: watch::Receiver<bool>,
     delete: watch::Sender<bool>,
@@ -141,7 +142,7 @@ impl Pod {
         let (gone_tx, gone) = watch::channel(false);
         let (delete, delete_rx) = watch::channel(false);
         spec.timeline.record(spec.id, EventKind::Created);
-        let (id, ip) = (spec.id, spec.ip);
+        let (id, ip, name) = (spec.id, spec.ip, spec.name.clone());
         tokio::spawn(async move {
             kubelet(spec, ready_tx, delete_rx).await;
             let _ = gone_tx.send(true);
@@ -149,6 +150,7 @@ impl Pod {
         Self {
             id,
             ip,
+            name,
             ready,
             gone,
             delete,
