@@ -360,7 +360,7 @@ fn a_real_prometheus_watching_a_sidecar_rollout_sees_every_panel_alert_and_drain
     let json = dir.join("lab.json");
     let started = unix_now();
     // x0.3: every old pod lives several seconds after Prometheus is up.
-    let mut lab = Command::new(env!("CARGO_BIN_EXE_lameduck"))
+    let lab = Command::new(env!("CARGO_BIN_EXE_lameduck"))
         .args(["lab", "--scenario", "sidecar", "--time-scale", "0.3"])
         .arg("--prometheus-config")
         .arg(&config)
