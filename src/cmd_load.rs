@@ -63,6 +63,11 @@ pub(crate) struct LoadArgs {
     /// The most requests in flight; reaching it is reported and fails the run.
     #[arg(long, default_value_t = 10_000)]
     max_inflight: usize,
+    /// At most this many HTTP/1.1 connections; due requests beyond wait for a free one
+    /// (counted, and in the latency from scheduled). Default: a connection per request
+    /// in flight, the pure open model; a cap suits very high rates.
+    #[arg(long)]
+    connections: Option<usize>,
     /// Write every record here: JSON lines, or CSV when the name ends in `.csv`.
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
@@ -129,10 +134,17 @@ impl LoadArgs {
             timeout: self.timeout,
             connect_timeout: self.connect_timeout,
             max_inflight: self.max_inflight,
+            connections: self.connections,
         };
         config.total()?;
         if self.max_inflight == 0 {
             bail!("--max-inflight=0 is not valid: must be at least 1");
+        }
+        if self.connections == Some(0) {
+            bail!("--connections=0 is not valid: must be at least 1");
+        }
+        if self.connections.is_some() && self.http2 {
+            bail!("--connections is for HTTP/1.1: --http2 multiplexes on one connection");
         }
         Ok(config)
     }

@@ -345,3 +345,80 @@ async fn an_idempotency_key_is_refused_before_sending_anything() {
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("only http"));
 }
+
+#[tokio::test]
+async fn a_connection_cap_makes_due_requests_wait_and_says_so() {
+    let (addr, _stop) = demo_app().await;
+    let dir = TempDir::new("connections");
+    let (out, json) = (dir.path("r.jsonl"), dir.path("s.json"));
+    let url = format!("http://{addr}/?wait=0.2");
+    // 50/s asked, 2 connections of 5/s each: requests queue for a connection.
+    let output = run(&[
+        "--url",
+        &url,
+        "--rate",
+        "50",
+        "--requests",
+        "30",
+        "--connections",
+        "2",
+        "-o",
+        out.to_str().expect("path"),
+        "--json-summary",
+        json.to_str().expect("path"),
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let records = records(&out);
+    assert_eq!(records.len(), 30);
+    assert!(records.iter().all(|r| r["status"] == 200));
+    assert!(summary(&json)["connection_waits"].as_u64().expect("waits") >= 20);
+    // Never more than two at once: any three completions span at least one 0.2 s wait.
+    let mut done: Vec<f64> = records
+        .iter()
+        .map(|r| r["done"].as_f64().expect("done"))
+        .collect();
+    done.sort_by(f64::total_cmp);
+    for window in done.windows(3) {
+        assert!(window[2] - window[0] >= 0.15, "three at once: {window:?}");
+    }
+    // The wait shows: the last request was sent long after it was due.
+    let last = &records[29];
+    let late = last["sent"].as_f64().expect("sent") - last["scheduled"].as_f64().expect("due");
+    assert!(late > 1.5, "the last request waited {late}s");
+}
+
+#[tokio::test]
+async fn a_request_past_its_timeout_is_recorded_as_timeout() {
+    let (addr, _stop) = demo_app().await;
+    let dir = TempDir::new("timeout");
+    let out = dir.path("r.jsonl");
+    let url = format!("http://{addr}/?wait=5");
+    let started = Instant::now();
+    let output = run(&[
+        "--url",
+        &url,
+        "--rate",
+        "20",
+        "--requests",
+        "5",
+        "--timeout",
+        "300ms",
+        "-o",
+        out.to_str().expect("path"),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let records = records(&out);
+    assert_eq!(records.len(), 5);
+    for record in &records {
+        assert_eq!(record["error"], "timeout", "{record}");
+        let took = record["done"].as_f64().expect("done") - record["sent"].as_f64().expect("sent");
+        assert!((0.29..0.6).contains(&took), "timed out after {took}s");
+    }
+}

@@ -409,6 +409,7 @@ async fn scenario(
         timeout: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(5),
         max_inflight: 10_000,
+        connections: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Load records count from the load's start; the timeline from the scenario's.

@@ -12,6 +12,7 @@
 
 pub mod record;
 pub mod summary;
+mod worker;
 
 use std::future::Future;
 use std::pin::pin;
@@ -73,6 +74,9 @@ pub struct LoadConfig {
     pub connect_timeout: Duration,
     /// The most requests in flight at once.
     pub max_inflight: usize,
+    /// The most HTTP/1.1 connections at once (`None`: one per request in flight, the
+    /// open model); beyond it, due requests wait for a free connection.
+    pub connections: Option<usize>,
 }
 
 /// A load run that cannot start.
@@ -123,6 +127,8 @@ pub struct Progress {
     pub failed: [AtomicU64; 8],
     /// Times a request had to wait for an in-flight slot.
     pub max_inflight_waits: AtomicU64,
+    /// Times a due request found every connection busy (with `connections` set).
+    pub connection_waits: AtomicU64,
 }
 
 impl Progress {
@@ -154,6 +160,8 @@ pub struct Report {
     pub planned: u64,
     /// Times the in-flight cap made a request wait.
     pub max_inflight_waits: u64,
+    /// Times a due request found every connection busy.
+    pub connection_waits: u64,
     /// The run was stopped before its end.
     pub interrupted: bool,
     /// From start to the last record.
@@ -175,9 +183,22 @@ pub async fn run(
     progress: Arc<Progress>,
 ) -> Result<Report, LoadError> {
     let total = config.total()?;
-    let client = client(config);
     let start = Instant::now();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    // HTTP/1.1 goes through connection workers; HTTP/2 multiplexes on hyper's client.
+    let client = config.http2.then(|| client(config));
+    let mut workers = match config.http2 {
+        true => None,
+        false => Some(Arc::new(worker::Shared::new(
+            config,
+            start,
+            done_tx.clone(),
+            progress.clone(),
+        )?)),
+    };
+    if let Some(workers) = &workers {
+        tokio::spawn(worker::sweep(Arc::downgrade(workers), config.timeout));
+    }
     let slots = Arc::new(Semaphore::new(config.max_inflight.max(1)));
     let mut stop = pin!(stop);
     let mut interrupted = false;
@@ -246,25 +267,31 @@ pub async fn run(
         scheduled += 1;
         progress.scheduled.fetch_add(1, Ordering::Relaxed);
         let request = build_request(config, seq, target);
-        let client = client.clone();
-        let done_tx = done_tx.clone();
-        let progress = progress.clone();
-        let timeout = config.timeout;
-        tokio::spawn(async move {
-            let done = send(client, request, seq, scheduled_us, target, start, timeout).await;
-            let ok = done.record.ok();
-            if ok {
-                progress.ok.fetch_add(1, Ordering::Relaxed);
-            } else {
-                let index = done.record.error().map_or(0, |class| class as usize);
-                if let Some(counter) = progress.failed.get(index) {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
+        match (&client, &workers) {
+            (Some(client), _) => {
+                let client = client.clone();
+                let done_tx = done_tx.clone();
+                let progress = progress.clone();
+                let timeout = config.timeout;
+                tokio::spawn(async move {
+                    let done =
+                        send(client, request, seq, scheduled_us, target, start, timeout).await;
+                    drop(permit);
+                    finish(done, &progress, &done_tx);
+                });
             }
-            progress.done.fetch_add(1, Ordering::Relaxed);
-            drop(permit);
-            let _ = done_tx.send(done);
-        });
+            (None, Some(workers)) => workers.dispatch(worker::Job {
+                seq,
+                target,
+                scheduled_us,
+                request,
+                permit,
+            }),
+            (None, None) => break,
+        }
+    }
+    if let Some(workers) = workers.take() {
+        workers.close();
     }
     drop(done_tx);
     while let Some(done) = done_rx.recv().await {
@@ -278,9 +305,24 @@ pub async fn run(
         rate: config.rate,
         planned: total,
         max_inflight_waits: progress.max_inflight_waits.load(Ordering::Relaxed),
+        connection_waits: progress.connection_waits.load(Ordering::Relaxed),
         interrupted,
         elapsed: start.elapsed(),
     })
+}
+
+/// Counts a finished request and hands its record to the collector.
+fn finish(done: Done, progress: &Progress, done_tx: &mpsc::UnboundedSender<Done>) {
+    if done.record.ok() {
+        progress.ok.fetch_add(1, Ordering::Relaxed);
+    } else {
+        let index = done.record.error().map_or(0, |class| class as usize);
+        if let Some(counter) = progress.failed.get(index) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    progress.done.fetch_add(1, Ordering::Relaxed);
+    let _ = done_tx.send(done);
 }
 
 fn micros(d: Duration) -> u64 {
@@ -310,7 +352,14 @@ fn client(config: &LoadConfig) -> HttpClient {
 fn build_request(config: &LoadConfig, seq: usize, target: usize) -> Request<Full<Bytes>> {
     let mut request = Request::new(Full::new(config.body.clone()));
     *request.method_mut() = config.method.clone();
-    *request.uri_mut() = config.urls[target].clone();
+    let uri = &config.urls[target];
+    *request.uri_mut() = if config.http2 {
+        uri.clone()
+    } else {
+        // Connection workers speak to the origin directly: origin-form, Host set by them.
+        uri.path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()))
+    };
     let headers = request.headers_mut();
     headers.clone_from(&config.headers);
     headers.insert(

@@ -53,6 +53,9 @@ pub struct Summary {
     pub latency_from_sent: Option<Latency>,
     /// Times a request waited for an in-flight slot: the rate was not held.
     pub max_inflight_waits: u64,
+    /// Times a due request found every connection busy (`--connections`) and waited;
+    /// the wait is in the latency from the scheduled time.
+    pub connection_waits: u64,
     /// The run was stopped before its end.
     pub interrupted: bool,
 }
@@ -130,6 +133,7 @@ impl Summary {
             latency_from_scheduled: latency(&from_scheduled),
             latency_from_sent: latency(&from_sent),
             max_inflight_waits: report.max_inflight_waits,
+            connection_waits: report.connection_waits,
             interrupted: report.interrupted,
         }
     }
@@ -185,6 +189,13 @@ impl Summary {
                 out,
                 "WARNING    the in-flight cap was reached {} times: the rate was not held",
                 self.max_inflight_waits
+            );
+        }
+        if self.connection_waits > 0 {
+            let _ = writeln!(
+                out,
+                "note       {} requests found every connection busy and waited (in the latency from scheduled)",
+                self.connection_waits
             );
         }
         out
