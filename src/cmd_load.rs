@@ -162,7 +162,12 @@ pub(crate) fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let report = runtime.block_on(async {
+    let quiet = args.quiet;
+    let run_config = config.clone();
+    // The scheduler runs as a task on the runtime's workers: driven from `block_on`'s
+    // own thread, every wake-up of it was a futex syscall, and past its top rate the
+    // run collapsed (measured: 100 000/s asked, 64 000/s achieved).
+    let run = async move {
         let stop = async {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut term), Ok(mut int)) = (
@@ -178,14 +183,20 @@ pub(crate) fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
             eprintln!("lameduck load: stopping: no new requests; waiting for those in flight");
         };
         let progress = Arc::new(Progress::default());
-        let display = (!args.quiet && std::io::stderr().is_terminal())
-            .then(|| tokio::spawn(show_progress(progress.clone(), config.total().unwrap_or(0))));
-        let report = lameduck::load::run(&config, stop, progress).await;
+        let display = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            tokio::spawn(show_progress(
+                progress.clone(),
+                run_config.total().unwrap_or(0),
+            ))
+        });
+        let report = lameduck::load::run(&run_config, stop, progress).await;
         if let Some(display) = display {
             display.abort();
         }
         report
-    })?;
+    };
+    let task = runtime.spawn(run);
+    let report = runtime.block_on(task).context("the load task failed")??;
     if let Some(path) = &args.output {
         write_records(path, &report).with_context(|| format!("writing {}", path.display()))?;
     }

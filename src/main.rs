@@ -8,6 +8,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: `lameduck load` allocates per request
+/// (request heads, records in transit) on every core at once. See benches/README.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Roll out unmodified HTTP apps on Kubernetes without dropping a request.
 #[derive(Debug, Parser)]
 #[command(name = "lameduck", version)]

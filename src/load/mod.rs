@@ -37,6 +37,8 @@ pub use summary::Summary;
 pub const SEQ_HEADER: &str = "x-lameduck-seq";
 /// The header lameduck never sends: retries it would allow are exactly what we measure.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// At the in-flight cap, the scheduler waits for this many slots at once.
+const PERMIT_BATCH: u32 = 32;
 /// The most requests one run may schedule (records are kept in memory).
 pub const MAX_REQUESTS: u64 = 50_000_000;
 
@@ -202,6 +204,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(config.max_inflight.max(1)));
     let mut stop = pin!(stop);
     let mut interrupted = false;
+    let mut reserve: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut scheduled: usize = 0;
     let capacity = usize::try_from(total).unwrap_or(usize::MAX);
     let mut records: Vec<Record> = Vec::with_capacity(capacity);
@@ -233,22 +236,38 @@ pub async fn run(
                 _ = tokio::time::sleep_until(due) => {}
             }
         } else {
-            // Behind schedule (high rates): no timer, but still notice a stop.
+            // Behind schedule (high rates): no timer, but still notice a stop, and give
+            // the connections a turn once the task's budget is spent.
+            tokio::task::consume_budget().await;
             tokio::select! {
                 biased;
                 _ = &mut stop => { interrupted = true; break; }
                 _ = std::future::ready(()) => {}
             }
         }
-        let permit = match slots.clone().try_acquire_owned() {
+        let spare = reserve.as_mut().and_then(|r| r.split(1));
+        let permit = match spare
+            .map(Ok)
+            .unwrap_or_else(|| slots.clone().try_acquire_owned())
+        {
             Ok(permit) => permit,
             Err(_) => {
+                // At the cap: wait for a batch of slots, so that each finished request
+                // does not wake the scheduler on its own.
                 progress.max_inflight_waits.fetch_add(1, Ordering::Relaxed);
+                let batch =
+                    PERMIT_BATCH.min(u32::try_from(config.max_inflight).unwrap_or(1).max(1));
                 tokio::select! {
                     biased;
                     _ = &mut stop => { interrupted = true; break; }
-                    permit = slots.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
+                    permits = slots.clone().acquire_many_owned(batch) => match permits {
+                        Ok(mut permits) => match permits.split(1) {
+                            Some(permit) => {
+                                reserve = Some(permits);
+                                permit
+                            }
+                            None => permits,
+                        },
                         Err(_) => break,
                     },
                 }
@@ -266,9 +285,9 @@ pub async fn run(
         ));
         scheduled += 1;
         progress.scheduled.fetch_add(1, Ordering::Relaxed);
-        let request = build_request(config, seq, target);
         match (&client, &workers) {
             (Some(client), _) => {
+                let request = build_request(config, seq, target);
                 let client = client.clone();
                 let done_tx = done_tx.clone();
                 let progress = progress.clone();
@@ -284,12 +303,12 @@ pub async fn run(
                 seq,
                 target,
                 scheduled_us,
-                request,
                 permit,
             }),
             (None, None) => break,
         }
     }
+    drop(reserve);
     if let Some(workers) = workers.take() {
         workers.close();
     }
@@ -323,6 +342,13 @@ fn finish(done: Done, progress: &Progress, done_tx: &mpsc::UnboundedSender<Done>
     }
     progress.done.fetch_add(1, Ordering::Relaxed);
     let _ = done_tx.send(done);
+}
+
+/// A copy of a response header value: the value itself is a slice of the connection's
+/// read buffer, and holding it while the record travels to the collector kept hyper
+/// from reusing that buffer (a fresh buffer and a copy per response).
+fn owned(value: Option<&HeaderValue>) -> Option<HeaderValue> {
+    value.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
 }
 
 fn micros(d: Duration) -> u64 {
@@ -388,8 +414,8 @@ async fn send(
     let exchange = async {
         let response = client.request(request).await?;
         record.set_status(response.status().as_u16());
-        pod = response.headers().get("x-pod").cloned();
-        version = response.headers().get("x-version").cloned();
+        pod = owned(response.headers().get("x-pod"));
+        version = owned(response.headers().get("x-version"));
         let mut body = response.into_body();
         let mut bytes: u64 = 0;
         while let Some(frame) = body.frame().await {

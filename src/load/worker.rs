@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
 use http::header::{HOST, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -24,15 +23,16 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::record::{ErrorClass, Record};
-use super::{Done, micros};
+use super::{Done, micros, owned};
 
-/// One due request.
+/// One due request. The request itself is built by the worker that sends it: built
+/// by the scheduler, it waited in the queue going cold when the run fell behind, and
+/// the run then fell further behind.
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) seq: usize,
     pub(crate) target: usize,
     pub(crate) scheduled_us: u64,
-    pub(crate) request: Request<Full<Bytes>>,
     /// The in-flight slot, given back when the request is done.
     pub(crate) permit: OwnedSemaphorePermit,
 }
@@ -51,6 +51,8 @@ pub(crate) struct Target {
 /// What every worker shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// What every request is made of.
+    config: super::LoadConfig,
     pub(crate) targets: Vec<Target>,
     pub(crate) connections: usize,
     pub(crate) start: Instant,
@@ -250,7 +252,6 @@ async fn exchange(
         seq,
         target,
         scheduled_us,
-        mut request,
         permit,
     } = job;
     let mut record = Record::new(scheduled_us, u8::try_from(target).unwrap_or(u8::MAX));
@@ -267,6 +268,7 @@ async fn exchange(
             version,
         };
     };
+    let mut request = super::build_request(&shared.config, seq, target);
     request.headers_mut().insert(HOST, to.host.clone());
     let slot = to.connection;
     let run = async {
@@ -306,8 +308,8 @@ async fn exchange(
         };
         closing |= is_close(response.headers());
         record.set_status(response.status().as_u16());
-        pod = response.headers().get("x-pod").cloned();
-        version = response.headers().get("x-version").cloned();
+        pod = owned(response.headers().get("x-pod"));
+        version = owned(response.headers().get("x-version"));
         let mut body = response.into_body();
         let mut bytes: u64 = 0;
         while let Some(frame) = body.frame().await {
@@ -404,6 +406,7 @@ impl Shared {
             });
         }
         Ok(Self {
+            config: config.clone(),
             targets,
             connections: authorities.len(),
             start,
