@@ -344,6 +344,28 @@ fn finish(done: Done, progress: &Progress, done_tx: &mpsc::UnboundedSender<Done>
     let _ = done_tx.send(done);
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Records a response's status and size, reading its body to the end; returns its
+/// `x-pod` and `x-version` headers.
+async fn read_response(
+    response: http::Response<hyper::body::Incoming>,
+    record: &mut Record,
+) -> Result<(Option<HeaderValue>, Option<HeaderValue>), BoxError> {
+    record.set_status(response.status().as_u16());
+    let pod = owned(response.headers().get("x-pod"));
+    let version = owned(response.headers().get("x-version"));
+    let mut body = response.into_body();
+    let mut bytes: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            bytes += data.len() as u64;
+        }
+    }
+    record.bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+    Ok((pod, version))
+}
+
 /// A copy of a response header value: the value itself is a slice of the connection's
 /// read buffer, and holding it while the record travels to the collector kept hyper
 /// from reusing that buffer (a fresh buffer and a copy per response).
@@ -413,18 +435,8 @@ async fn send(
     let mut version = None;
     let exchange = async {
         let response = client.request(request).await?;
-        record.set_status(response.status().as_u16());
-        pod = owned(response.headers().get("x-pod"));
-        version = owned(response.headers().get("x-version"));
-        let mut body = response.into_body();
-        let mut bytes: u64 = 0;
-        while let Some(frame) = body.frame().await {
-            if let Some(data) = frame?.data_ref() {
-                bytes += data.len() as u64;
-            }
-        }
-        record.bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        (pod, version) = read_response(response, &mut record).await?;
+        Ok::<_, BoxError>(())
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(())) => {}

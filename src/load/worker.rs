@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -23,7 +23,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::record::{ErrorClass, Record};
-use super::{Done, micros, owned};
+use super::{BoxError, Done, micros};
 
 /// One due request. The request itself is built by the worker that sends it: built
 /// by the scheduler, it waited in the queue going cold when the run fell behind, and
@@ -224,8 +224,6 @@ fn fail(shared: &Shared, job: Job, class: ErrorClass) -> Done {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 fn is_close(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::CONNECTION)
@@ -307,17 +305,7 @@ async fn exchange(
             }
         };
         closing |= is_close(response.headers());
-        record.set_status(response.status().as_u16());
-        pod = owned(response.headers().get("x-pod"));
-        version = owned(response.headers().get("x-version"));
-        let mut body = response.into_body();
-        let mut bytes: u64 = 0;
-        while let Some(frame) = body.frame().await {
-            if let Some(data) = frame?.data_ref() {
-                bytes += data.len() as u64;
-            }
-        }
-        record.bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        (pod, version) = super::read_response(response, &mut record).await?;
         if closing && let Some(entry) = connections.get_mut(slot) {
             // Either side said `Connection: close`: the next request gets a new one.
             *entry = None;
