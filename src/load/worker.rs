@@ -1,11 +1,13 @@
 //! HTTP/1.1 connection workers: each owns its connections and takes one request
 //! at a time from the scheduler.
 //!
-//! The scheduler hands a due request to an idle worker, or starts a new worker
-//! (a new connection) when none is idle, so no request ever waits for another one
-//! to finish: the open model holds, up to `--max-inflight`. Compared with a task
-//! per request on a shared connection pool, a request costs one channel send and
-//! no pool lock; this is what lets one core schedule tens of thousands per second.
+//! The scheduler hands a due request to an idle worker. When none is idle, the
+//! request is queued and a new worker (a new connection) is started for it; the
+//! first of that connection or a busy worker finishing takes it. With
+//! `--connections` set and reached, queued requests wait for a busy worker (counted,
+//! and in the latency from scheduled). A request costs a short lock of the idle list
+//! and a one-shot send, not a spawned task and a pool checkout. Why each piece is
+//! there, measured: docs/design.md, "The load engine".
 
 use std::collections::VecDeque;
 use std::pin::pin;
