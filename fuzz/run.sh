@@ -7,5 +7,5 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
 corpus=target/corpus/inject
 mkdir -p "$corpus"
-cp ../tests/data/inject/*.yaml ../k8s/rendered/*.yaml "$corpus/"
+cp ../crates/manifests/tests/data/inject/*.yaml ../k8s/rendered/*.yaml "$corpus/"
 cargo +nightly fuzz run inject "$corpus" -- -max_total_time="${SECONDS_TO_FUZZ:-60}" -rss_limit_mb=2048 -timeout=10

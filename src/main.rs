@@ -1,8 +1,13 @@
-//! The `lameduck` binary: parses the command line and calls the library.
+//! The `lameduck` binary: parses the command line and hands each subcommand to its
+//! module, which calls the library crates (`crates/`). Exit codes are named in the
+//! contract crate; errors are printed once, with their chain.
 
-mod cmd_inject;
-mod cmd_lab;
-mod cmd_load;
+mod check;
+mod inject;
+mod io;
+mod lab;
+mod load;
+mod uninject;
 
 use std::process::ExitCode;
 
@@ -24,28 +29,34 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Constant-rate POST load that records and classifies every request.
-    Load(cmd_load::LoadArgs),
+    Load(load::LoadArgs),
     /// Add the lameduck sidecar to Kubernetes manifests (stdout).
-    Inject(cmd_inject::InjectArgs),
+    Inject(inject::InjectArgs),
     /// Remove what `inject` added, exactly.
-    Uninject(cmd_inject::UninjectArgs),
+    Uninject(uninject::UninjectArgs),
     /// Lint manifests for the zero-downtime rules (non-zero exit on findings).
-    Check(cmd_inject::CheckArgs),
+    Check(check::CheckArgs),
     /// Local rolling-upgrade comparison with real processes: the main job.
-    Lab(cmd_lab::LabArgs),
+    Lab(lab::LabArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Load(args) => cmd_load::run(args),
-        Command::Inject(args) => cmd_inject::inject(args),
-        Command::Uninject(args) => cmd_inject::uninject(args),
-        Command::Check(args) => cmd_inject::check(args),
-        Command::Lab(args) => cmd_lab::run(args),
+        Command::Load(args) => load::run(args),
+        Command::Inject(args) => inject::run(args),
+        Command::Uninject(args) => uninject::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Lab(args) => lab::run(args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("lameduck: {error:#}");
-        ExitCode::FAILURE
+        ExitCode::from(lameduck_contract::exit::FAILURE)
     })
+}
+
+/// A usage error of `command`: printed, and exit 64.
+fn usage(command: &str, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("lameduck {command}: {message}");
+    ExitCode::from(lameduck_contract::exit::USAGE)
 }

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Container;
-use lameduck::manifest::{kind, parse_documents};
+use lameduck_manifests::{kind, parse_documents};
 
 use crate::system::{kustomize, repo_root};
 
@@ -139,7 +139,7 @@ fn gateway_api_component_swaps_the_ingress_for_an_httproute() {
 #[test]
 #[ignore = "system suite: needs kubectl or kustomize (LAMEDUCK_SYSTEM_TESTS=1)"]
 fn the_lameduck_component_equals_lameduck_inject_on_the_base() {
-    use lameduck::inject::{Options, inject};
+    use lameduck_manifests::{Options, inject};
     let token = "example-token-do-not-use-0123456789";
     let example =
         std::fs::read_to_string(repo_root().join("k8s/examples/lameduck/drain-token.yaml"))
@@ -150,10 +150,10 @@ fn the_lameduck_component_equals_lameduck_inject_on_the_base() {
     );
 
     let component =
-        lameduck::manifest::parse_stream("component", &kustomize("k8s/examples/lameduck"))
+        lameduck_manifests::parse_stream("component", &kustomize("k8s/examples/lameduck"))
             .expect("valid YAML");
     let mut injected =
-        lameduck::manifest::parse_stream("plain", &rendered("plain")).expect("valid YAML");
+        lameduck_manifests::parse_stream("plain", &rendered("plain")).expect("valid YAML");
     let options = Options {
         drain_token: Some(token.to_owned()),
         ..Options::default()

@@ -1,26 +1,12 @@
 //! `lameduck lab`: the real binaries (lameduck, demo-app, lameduck-sidecar), every
 //! scenario, and the verdicts the project exists for.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use serde_json::Value;
+use lameduck_test_support::files::workspace_binary as binary;
+use lameduck_test_support::process::signal_pid;
 
-/// The binaries `cargo test --workspace` builds beside this test's own.
-pub(crate) fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
+use serde_json::Value;
 
 /// Runs `lameduck lab ARGS --json FILE` on the workspace's binaries; returns the
 /// JSON and the printed table.
@@ -169,6 +155,33 @@ fn a_server_that_is_not_ours_loses_nothing_behind_the_sidecar() {
     );
 }
 
+/// Runs headless Chromium on the report with `extra` flags.
+fn headless_chromium(
+    chromium: &std::path::Path,
+    dir: &std::path::Path,
+    html: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .args(extra)
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("running chromium")
+}
+
 #[test]
 #[ignore = "system suite: needs chromium (Debian chromium)"]
 fn the_html_report_renders_in_headless_chromium_with_its_timelines() {
@@ -188,26 +201,7 @@ fn the_html_report_renders_in_headless_chromium_with_its_timelines() {
         );
     }
 
-    let chrome = |extra: &[&str]| {
-        Command::new(&chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--enable-logging=stderr",
-                "--v=0",
-            ])
-            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
-            .args(extra)
-            .arg(format!("file://{}", html.display()))
-            .output()
-            .expect("running chromium")
-    };
+    let chrome = |extra: &[&str]| headless_chromium(&chromium, &dir, &html, extra);
     let dom = chrome(&["--dump-dom"]);
     assert!(
         dom.status.success(),
@@ -293,11 +287,7 @@ fn sigint_mid_run_stops_every_pod_process() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let status = Command::new("kill")
-        .args(["-INT", &lab.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    signal_pid(lab.id(), "INT");
     let exit = lab.wait().expect("lab exit");
     assert_eq!(exit.code(), Some(130));
     // Children are killed as the runtime drops them; give the kernel a moment to reap.

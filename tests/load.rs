@@ -1,50 +1,24 @@
 //! `lameduck load`: the real binary against real servers on loopback.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use lameduck_test_support::app::{AppHandle, app_config, start_app};
+use lameduck_test_support::files::TempDir;
+use lameduck_test_support::process::signal_pid;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// A temporary directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lameduck-test-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The demo app, in this process, on a port-0 listener.
-async fn demo_app() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = demo_app::Config {
-        startup_delay: Duration::ZERO,
+/// The demo app, in this process, on a port-0 listener, as `pod-a` version 7.
+fn demo_app() -> AppHandle {
+    start_app(demo_app::Config {
         pod: "pod-a".to_owned(),
         version: "7".to_owned(),
-        ..demo_app::Config::default()
-    };
-    tokio::spawn(demo_app::serve(listener, config, async {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
+        ..app_config()
+    })
 }
 
 fn load(args: &[&str]) -> tokio::process::Command {
@@ -74,7 +48,8 @@ fn summary(path: &Path) -> Value {
 
 #[tokio::test]
 async fn ten_seconds_at_500_per_second_gives_exactly_5000_records_all_200() {
-    let (addr, _stop) = demo_app().await;
+    let app = demo_app();
+    let addr = app.addr;
     let dir = TempDir::new("rate");
     let (out, sum) = (dir.path("r.jsonl"), dir.path("s.json"));
     let url = format!("http://{addr}/");
@@ -114,7 +89,8 @@ async fn ten_seconds_at_500_per_second_gives_exactly_5000_records_all_200() {
 
 #[tokio::test]
 async fn slow_responses_do_not_slow_the_schedule() {
-    let (addr, _stop) = demo_app().await;
+    let app = demo_app();
+    let addr = app.addr;
     let dir = TempDir::new("open");
     let out = dir.path("r.jsonl");
     let url = format!("http://{addr}/?wait=1");
@@ -287,7 +263,8 @@ async fn a_502_is_a_status_not_an_error_and_fails_the_run() {
 
 #[tokio::test]
 async fn sigint_mid_run_flushes_every_scheduled_record() {
-    let (addr, _stop) = demo_app().await;
+    let app = demo_app();
+    let addr = app.addr;
     let dir = TempDir::new("sigint");
     let (out, sum) = (dir.path("r.jsonl"), dir.path("s.json"));
     let url = format!("http://{addr}/?wait=0.5");
@@ -307,14 +284,7 @@ async fn sigint_mid_run_flushes_every_scheduled_record() {
     .spawn()
     .expect("spawn");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let pid = child.id().expect("pid").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    signal_pid(child.id().expect("pid"), "INT");
     let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
         .expect("load stops by itself after SIGINT")
@@ -348,7 +318,8 @@ async fn an_idempotency_key_is_refused_before_sending_anything() {
 
 #[tokio::test]
 async fn a_connection_cap_makes_due_requests_wait_and_says_so() {
-    let (addr, _stop) = demo_app().await;
+    let app = demo_app();
+    let addr = app.addr;
     let dir = TempDir::new("connections");
     let (out, json) = (dir.path("r.jsonl"), dir.path("s.json"));
     let url = format!("http://{addr}/?wait=0.2");
@@ -394,7 +365,8 @@ async fn a_connection_cap_makes_due_requests_wait_and_says_so() {
 
 #[tokio::test]
 async fn a_request_past_its_timeout_is_recorded_as_timeout() {
-    let (addr, _stop) = demo_app().await;
+    let app = demo_app();
+    let addr = app.addr;
     let dir = TempDir::new("timeout");
     let out = dir.path("r.jsonl");
     let url = format!("http://{addr}/?wait=5");

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use lameduck_test_support::files::workspace_binary;
+
 use crate::system::{repo_root, require_program, require_system_suite};
 
 fn monitoring(file: &str) -> PathBuf {
@@ -184,7 +186,7 @@ fn the_pod_monitor_scrapes_the_admin_port_inject_names() {
     let monitor = yaml("podmonitor.yaml");
     assert_eq!(monitor["kind"], "PodMonitor");
     let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
-    assert_eq!(endpoint["port"], lameduck::inject::ADMIN_PORT_NAME);
+    assert_eq!(endpoint["port"], lameduck_contract::pod::ADMIN_PORT_NAME);
     assert_eq!(endpoint["path"], "/metrics");
     let kustomization = yaml("kustomization.yaml");
     let resources: Vec<&str> = kustomization["resources"]
@@ -367,9 +369,9 @@ fn a_real_prometheus_watching_a_sidecar_rollout_sees_every_panel_alert_and_drain
         .arg("--json")
         .arg(&json)
         .arg("--demo-app")
-        .arg(crate::lab::binary("demo-app"))
+        .arg(workspace_binary("demo-app"))
         .arg("--sidecar")
-        .arg(crate::lab::binary("lameduck-sidecar"))
+        .arg(workspace_binary("lameduck-sidecar"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -399,11 +401,23 @@ fn a_real_prometheus_watching_a_sidecar_rollout_sees_every_panel_alert_and_drain
     let range = format!("{}s", window.1 - window.0 + 1);
     let addr = server.addr;
 
+    assert_every_panel_has_data(addr, window, &range);
+    assert_every_alert_is_valid_with_data_before_its_threshold(addr, window);
+    assert_the_rules_are_loaded_and_healthy(addr);
+    assert_each_replaced_pod_drained_once(addr, &range);
+    assert_the_drain_stat_counts_five_drained(addr, &range);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+type Window = (u64, u64);
+
+fn assert_every_panel_has_data(addr: SocketAddr, window: Window, range: &str) {
     // Every dashboard panel expression, with Grafana's variables filled in.
     for (title, expr) in panel_expressions() {
         let filled = expr
             .replace("$__rate_interval", "5s")
-            .replace("$__range", &range)
+            .replace("$__range", range)
             .replace("$namespace", ".*")
             .replace("$pod", ".*");
         let answer = query_range(addr, &filled, window);
@@ -416,6 +430,9 @@ fn a_real_prometheus_watching_a_sidecar_rollout_sees_every_panel_alert_and_drain
             "{title}: no data for {filled}"
         );
     }
+}
+
+fn assert_every_alert_is_valid_with_data_before_its_threshold(addr: SocketAddr, window: Window) {
     // Every alert expression is valid; the signal before its threshold has data.
     for rule in alert_rules() {
         let name = rule["alert"].as_str().expect("alert");
@@ -436,6 +453,9 @@ fn a_real_prometheus_watching_a_sidecar_rollout_sees_every_panel_alert_and_drain
             "{name}: no data for {signal}"
         );
     }
+}
+
+fn assert_the_rules_are_loaded_and_healthy(addr: SocketAddr) {
     // Prometheus loaded the rules the lab wrote and evaluates them without error.
     let rules = api(addr, "/api/v1/rules").expect("rules");
     let evaluated: Vec<&Value> = rules["data"]["groups"]
@@ -448,6 +468,9 @@ fn a_real_prometheus_watching_a_sidecar_rollout_sees_every_panel_alert_and_drain
     for rule in evaluated {
         assert_eq!(rule["health"], "ok", "{rule}");
     }
+}
+
+fn assert_each_replaced_pod_drained_once(addr: SocketAddr, range: &str) {
     // The drain outcome: each replaced (v1) pod drained once, no new pod drained.
     let drains = query(
         addr,
@@ -487,6 +510,9 @@ fn a_real_prometheus_watching_a_sidecar_rollout_sees_every_panel_alert_and_drain
         );
         assert_eq!(outcomes.get("timed_out"), Some(&0.0), "{pod}: {outcomes:?}");
     }
+}
+
+fn assert_the_drain_stat_counts_five_drained(addr: SocketAddr, range: &str) {
     // The dashboard's stat agrees: five drains in the range, all drained.
     let stat = query(
         addr,
@@ -512,6 +538,4 @@ fn a_real_prometheus_watching_a_sidecar_rollout_sees_every_panel_alert_and_drain
             ("timed_out".to_owned(), "0".to_owned())
         ])
     );
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }

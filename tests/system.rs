@@ -1,39 +1,12 @@
-//! The opt-in system suite: tests that need packages beyond cargo (kubectl or
-//! kustomize, nginx, prometheus, chromium). They are `#[ignore]`d in the plain
-//! `cargo test` run and selected by `.ci/run` with
-//! `LAMEDUCK_SYSTEM_TESTS=1 cargo test --workspace -- --ignored`. Once selected,
-//! a missing package is a loud failure, never a silent skip.
+//! Helpers of the opt-in system suite (the shared checks are in
+//! `lameduck_test_support::system`): the repository and `kustomize`.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The env var that opts into the system suite.
-pub(crate) const SYSTEM_TESTS_ENV: &str = "LAMEDUCK_SYSTEM_TESTS";
-
-/// Panics unless the system suite was asked for.
-pub(crate) fn require_system_suite() {
-    assert!(
-        std::env::var(SYSTEM_TESTS_ENV).is_ok_and(|v| v == "1"),
-        "system tests need {SYSTEM_TESTS_ENV}=1 (and their packages installed: see .ci/run)"
-    );
-}
-
-/// Finds a program on PATH.
-pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Finds a program on PATH or panics naming the package that provides it.
-pub(crate) fn require_program(program: &str, package: &str) -> PathBuf {
-    find_program(program).unwrap_or_else(|| {
-        panic!(
-            "{SYSTEM_TESTS_ENV}=1 but `{program}` is not on PATH: install {package} (.ci/run does)"
-        )
-    })
-}
+pub(crate) use lameduck_test_support::system::{
+    find_program, require_program, require_system_suite,
+};
 
 /// The repository root.
 pub(crate) fn repo_root() -> PathBuf {

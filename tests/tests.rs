@@ -1,8 +1,14 @@
-//! Integration tests of the `lameduck` CLI crate: one test binary, one module per area.
+//! Integration tests of the `lameduck` binary: one test binary, one module per area.
 
+/// `inject`, `uninject` and `check` as the binary runs them: golden corpus, round trips.
 mod inject;
+/// The shipped kustomize overlays and component, on typed objects.
 mod k8s;
+/// `lab`: every scenario on the real binaries, and the verdicts the project exists for.
 mod lab;
+/// `load`: the real binary against real servers on loopback.
 mod load;
+/// The dashboard, alerts and PodMonitor, and a real Prometheus watching a rollout.
 mod monitoring;
+/// Helpers of the opt-in system suite.
 mod system;

@@ -2,14 +2,13 @@
 //! Any panic is a bug; errors are the expected answer to bad input.
 #![no_main]
 
-use lameduck::inject::{Mode, Options, inject, uninject};
-use lameduck::manifest::{parse_stream, to_yaml};
+use lameduck_manifests::{Mode, Options, check, inject, parse_stream, to_yaml, uninject};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(mut documents) = parse_stream("fuzz", text) else { return };
-    let _ = lameduck::check::check(&documents, 10);
+    let _ = check(&documents, 10);
     let options = Options {
         mode: if data.len() % 2 == 0 { Mode::Native } else { Mode::Classic },
         drain_token: Some("fuzz-token-0123456789".to_owned()),

@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use lameduck_contract::admin::{DRAIN, LIVE, METRICS, READY};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -86,7 +87,7 @@ impl Admin {
     ) -> Response<Full<Bytes>> {
         let method = request.method().clone();
         match (request.uri().path(), method) {
-            ("/ready", Method::GET | Method::HEAD) => {
+            (READY, Method::GET | Method::HEAD) => {
                 if self.lifecycle.ready() {
                     text(StatusCode::OK, "ready\n".to_owned())
                 } else {
@@ -102,11 +103,11 @@ impl Admin {
                     )
                 }
             }
-            ("/live", Method::GET | Method::HEAD) => text(StatusCode::OK, "live\n".to_owned()),
-            ("/metrics", Method::GET) => {
+            (LIVE, Method::GET | Method::HEAD) => text(StatusCode::OK, "live\n".to_owned()),
+            (METRICS, Method::GET) => {
                 // Looked at before encoding: the drain's outcome is recorded before the
                 // phase becomes `Drained`, so this scrape carries it.
-                let saw_outcome = self.lifecycle.phase() == crate::lifecycle::Phase::Drained;
+                let saw_outcome = self.lifecycle.phase().metrics_carry_outcome();
                 let (content_type, body) = crate::metrics::encode(&self.registry);
                 self.lifecycle.record_scrape(false);
                 let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -123,8 +124,8 @@ impl Admin {
                 }
                 response
             }
-            ("/drain", Method::GET | Method::POST) => self.drain(&request, peer).await,
-            ("/ready" | "/live" | "/metrics" | "/drain", _) => text(
+            (DRAIN, Method::GET | Method::POST) => self.drain(&request, peer).await,
+            (READY | LIVE | METRICS | DRAIN, _) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed\n".to_owned(),
             ),
@@ -137,7 +138,7 @@ impl Admin {
             warn!(%peer, ?refusal, "refused an unauthorized drain request");
             return refusal.response();
         }
-        if self.lifecycle.trigger_drain("/drain") {
+        if self.lifecycle.trigger_drain(DRAIN) {
             info!(%peer, "drain requested on the admin port");
         }
         match self.lifecycle.drained().await {
@@ -145,6 +146,10 @@ impl Admin {
             DrainOutcome::TimedOut { cut } => text(
                 StatusCode::OK,
                 format!("drain timed out: {cut} requests cut\n"),
+            ),
+            DrainOutcome::Failed => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "drain failed: the serving task stopped unexpectedly\n".to_owned(),
             ),
         }
     }

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tracing::info;
 
 use crate::config::{AppCheck, Config};
-use crate::lifecycle::{Lifecycle, Phase};
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 
 /// Check period until the app has been ready once, so held requests wait little.
@@ -43,7 +43,7 @@ pub(crate) async fn run(config: Config, lifecycle: Lifecycle, metrics: Metrics) 
         }
         lifecycle.set_app_ready(ready);
         metrics.app_ready.set(i64::from(ready));
-        let period = if lifecycle.phase() == Phase::Starting {
+        let period = if lifecycle.phase().fast_app_check() {
             STARTUP_PERIOD
         } else {
             config.app_check_period

@@ -6,47 +6,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-/// Default serving address (the pod's traffic arrives here).
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
-/// Default app address.
-pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:8080";
-/// Default admin address (`/ready`, `/live`, `/metrics`, `/drain`).
-pub const DEFAULT_ADMIN: &str = "0.0.0.0:9901";
-/// Default app check.
-pub const DEFAULT_APP_CHECK: &str = "tcp";
-/// Default app check period once the app has been ready.
-pub const DEFAULT_APP_CHECK_PERIOD: &str = "1s";
-/// Default app check timeout.
-pub const DEFAULT_APP_CHECK_TIMEOUT: &str = "1s";
-/// Consecutive failures before the app counts as not ready.
-pub const DEFAULT_APP_CHECK_FAILURE_THRESHOLD: u32 = 3;
-/// Consecutive successes before the app counts as ready again.
-pub const DEFAULT_APP_CHECK_SUCCESS_THRESHOLD: u32 = 1;
-/// How long a request may wait for the app to start.
-pub const DEFAULT_STARTUP_HOLD: &str = "30s";
-/// How long to keep accepting after the drain starts (covers endpoint propagation).
-pub const DEFAULT_SHUTDOWN_DELAY: &str = "15s";
-/// How long in-flight requests may take once the listener is closed.
-pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
-/// After the drain, how long to wait for one more scrape of `/metrics` before exiting,
-/// so the drain's outcome reaches Prometheus (skipped when nothing ever scraped).
-/// Covers the 30 s scrape interval common with prometheus-operator.
-pub const DEFAULT_FINAL_SCRAPE_TIMEOUT: &str = "30s";
-/// Idle pooled upstream connections are dropped after this (below Node.js' 5 s).
-pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: &str = "4s";
-/// Connect timeout to the app.
-pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "1s";
-/// Time to the app's response headers before answering 504.
-pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "60s";
-/// Time a client may take to send a request's headers, from its first byte (slowloris).
-pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
-/// Downstream keep-alive idle timeout: above every common proxy's upstream idle timeout
-/// (ingress-nginx 60 s, AWS ALB 60 s, GCLB 600 s), as Envoy's 1 h default is.
-pub const DEFAULT_IDLE_TIMEOUT: &str = "1h";
-/// Largest accepted request head in bytes; larger gets 431.
-pub const DEFAULT_MAX_HEADER_SIZE: usize = 32 * 1024;
-/// The smallest `--max-header-size` (hyper's smallest read buffer).
-pub const MIN_MAX_HEADER_SIZE: usize = 8192;
+use lameduck_contract::defaults::{self, MIN_DRAIN_TOKEN_LEN};
+use lameduck_contract::env;
+
+pub use lameduck_contract::defaults::MIN_MAX_HEADER_SIZE;
 
 /// How the sidecar decides whether the app can serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,65 +71,65 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[command(name = "lameduck-sidecar", version)]
 pub struct Args {
     /// Serving address: the pod's traffic arrives here.
-    #[arg(long, env = "LAMEDUCK_LISTEN", default_value = DEFAULT_LISTEN)]
+    #[arg(long, env = env::LISTEN, default_value = defaults::LISTEN)]
     pub listen: SocketAddr,
     /// The app's address (loopback, in the same pod).
-    #[arg(long, env = "LAMEDUCK_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
+    #[arg(long, env = env::UPSTREAM, default_value = defaults::UPSTREAM)]
     pub upstream: SocketAddr,
     /// Admin address: /ready, /live, /metrics, /drain.
-    #[arg(long, env = "LAMEDUCK_ADMIN", default_value = DEFAULT_ADMIN)]
+    #[arg(long, env = env::ADMIN, default_value = defaults::ADMIN)]
     pub admin: SocketAddr,
     /// How to tell the app can serve: `tcp`, or `http:/path` (2xx or 3xx).
-    #[arg(long, env = "LAMEDUCK_APP_CHECK", default_value = DEFAULT_APP_CHECK)]
+    #[arg(long, env = env::APP_CHECK, default_value = defaults::APP_CHECK)]
     pub app_check: AppCheck,
     /// Period of the app check once the app has been ready (every 100 ms before that).
-    #[arg(long, env = "LAMEDUCK_APP_CHECK_PERIOD", default_value = DEFAULT_APP_CHECK_PERIOD, value_parser = duration)]
+    #[arg(long, env = env::APP_CHECK_PERIOD, default_value = defaults::APP_CHECK_PERIOD, value_parser = duration)]
     pub app_check_period: Duration,
     /// Timeout of one app check.
-    #[arg(long, env = "LAMEDUCK_APP_CHECK_TIMEOUT", default_value = DEFAULT_APP_CHECK_TIMEOUT, value_parser = duration)]
+    #[arg(long, env = env::APP_CHECK_TIMEOUT, default_value = defaults::APP_CHECK_TIMEOUT, value_parser = duration)]
     pub app_check_timeout: Duration,
     /// Consecutive failed checks before the app counts as not ready.
-    #[arg(long, env = "LAMEDUCK_APP_CHECK_FAILURE_THRESHOLD", default_value_t = DEFAULT_APP_CHECK_FAILURE_THRESHOLD)]
+    #[arg(long, env = env::APP_CHECK_FAILURE_THRESHOLD, default_value_t = defaults::APP_CHECK_FAILURE_THRESHOLD)]
     pub app_check_failure_threshold: u32,
     /// Consecutive passed checks before the app counts as ready again.
-    #[arg(long, env = "LAMEDUCK_APP_CHECK_SUCCESS_THRESHOLD", default_value_t = DEFAULT_APP_CHECK_SUCCESS_THRESHOLD)]
+    #[arg(long, env = env::APP_CHECK_SUCCESS_THRESHOLD, default_value_t = defaults::APP_CHECK_SUCCESS_THRESHOLD)]
     pub app_check_success_threshold: u32,
     /// How long a request arriving before the app is ready waits for it (then 503).
-    #[arg(long, env = "LAMEDUCK_STARTUP_HOLD", default_value = DEFAULT_STARTUP_HOLD, value_parser = duration)]
+    #[arg(long, env = env::STARTUP_HOLD, default_value = defaults::STARTUP_HOLD, value_parser = duration)]
     pub startup_hold: Duration,
     /// After the drain starts, keep accepting this long while telling clients to go away.
-    #[arg(long, env = "LAMEDUCK_SHUTDOWN_DELAY", default_value = DEFAULT_SHUTDOWN_DELAY, value_parser = duration)]
+    #[arg(long, env = env::SHUTDOWN_DELAY, default_value = defaults::SHUTDOWN_DELAY, value_parser = duration)]
     pub shutdown_delay: Duration,
     /// Once the listener is closed, how long in-flight requests may take before they are cut.
-    #[arg(long, env = "LAMEDUCK_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = duration)]
+    #[arg(long, env = env::DRAIN_TIMEOUT, default_value = defaults::DRAIN_TIMEOUT, value_parser = duration)]
     pub drain_timeout: Duration,
     /// Bearer token that authorizes /drain from a non-loopback address (e.g. the kubelet's preStop).
-    #[arg(long, env = "LAMEDUCK_DRAIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = env::DRAIN_TOKEN, hide_env_values = true)]
     pub drain_token: Option<String>,
     /// After the drain, wait up to this long for one more scrape of /metrics before exiting
     /// (only if /metrics was ever scraped; 0 exits at once).
-    #[arg(long, env = "LAMEDUCK_FINAL_SCRAPE_TIMEOUT", default_value = DEFAULT_FINAL_SCRAPE_TIMEOUT, value_parser = duration)]
+    #[arg(long, env = env::FINAL_SCRAPE_TIMEOUT, default_value = defaults::FINAL_SCRAPE_TIMEOUT, value_parser = duration)]
     pub final_scrape_timeout: Duration,
     /// Pooled connections to the app idle longer than this are not reused.
-    #[arg(long, env = "LAMEDUCK_UPSTREAM_IDLE_TIMEOUT", default_value = DEFAULT_UPSTREAM_IDLE_TIMEOUT, value_parser = duration)]
+    #[arg(long, env = env::UPSTREAM_IDLE_TIMEOUT, default_value = defaults::UPSTREAM_IDLE_TIMEOUT, value_parser = duration)]
     pub upstream_idle_timeout: Duration,
     /// Connect timeout to the app.
-    #[arg(long, env = "LAMEDUCK_UPSTREAM_CONNECT_TIMEOUT", default_value = DEFAULT_UPSTREAM_CONNECT_TIMEOUT, value_parser = duration)]
+    #[arg(long, env = env::UPSTREAM_CONNECT_TIMEOUT, default_value = defaults::UPSTREAM_CONNECT_TIMEOUT, value_parser = duration)]
     pub upstream_connect_timeout: Duration,
     /// Time to the app's response headers before answering 504.
-    #[arg(long, env = "LAMEDUCK_UPSTREAM_TIMEOUT", default_value = DEFAULT_UPSTREAM_TIMEOUT, value_parser = duration)]
+    #[arg(long, env = env::UPSTREAM_TIMEOUT, default_value = defaults::UPSTREAM_TIMEOUT, value_parser = duration)]
     pub upstream_timeout: Duration,
     /// Time a client may take to send a request's headers, counted from its first byte.
-    #[arg(long, env = "LAMEDUCK_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT, value_parser = duration)]
+    #[arg(long, env = env::HEADER_READ_TIMEOUT, default_value = defaults::HEADER_READ_TIMEOUT, value_parser = duration)]
     pub header_read_timeout: Duration,
     /// Keep-alive connections from clients idle this long are closed.
-    #[arg(long, env = "LAMEDUCK_IDLE_TIMEOUT", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = duration)]
+    #[arg(long, env = env::IDLE_TIMEOUT, default_value = defaults::IDLE_TIMEOUT, value_parser = duration)]
     pub idle_timeout: Duration,
     /// Largest accepted request head in bytes (431 beyond).
-    #[arg(long, env = "LAMEDUCK_MAX_HEADER_SIZE", default_value_t = DEFAULT_MAX_HEADER_SIZE)]
+    #[arg(long, env = env::MAX_HEADER_SIZE, default_value_t = defaults::MAX_HEADER_SIZE)]
     pub max_header_size: usize,
     /// Log format.
-    #[arg(long, env = "LAMEDUCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Validate the configuration, print it and exit.
     #[arg(long)]
@@ -285,7 +248,11 @@ impl Args {
                 reason: "must be at least 8192",
             });
         }
-        if self.drain_token.as_deref().is_some_and(|t| t.len() < 16) {
+        if self
+            .drain_token
+            .as_deref()
+            .is_some_and(|t| t.len() < MIN_DRAIN_TOKEN_LEN)
+        {
             return Err(ConfigError {
                 name: "--drain-token",
                 value: "<hidden>".to_owned(),

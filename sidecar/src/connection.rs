@@ -1,22 +1,18 @@
 //! One client connection on the serving port, from accept to close.
 //!
 //! The protocol is sniffed (HTTP/2 prior knowledge or HTTP/1.1), then the connection
-//! is driven alongside three clocks and the phase:
-//! - header read timeout: from the first byte of a request head to its end (slowloris);
-//!   it does not run while a keep-alive connection sits idle, unlike hyper's own;
-//! - idle timeout: keep-alive connections with nothing in flight are closed gracefully;
-//! - the phase: HTTP/2 gets GOAWAY as soon as the drain starts; HTTP/1 connections are
-//!   left open during the shutdown delay (every response says `Connection: close`
-//!   instead) and are only shut down once the listener has closed.
+//! is driven alongside its watchdog (header and idle deadlines, `crate::watchdog`) and
+//! the phase, whose `shuts_down` says when it is shut down gracefully: HTTP/2 at once
+//! when the drain starts (GOAWAY), HTTP/1 only once the listener has closed (every
+//! response says `Connection: close` meanwhile).
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::server::conn::{http1, http2};
@@ -24,105 +20,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::lifecycle::Phase;
-use crate::proxy::Proxy;
+use crate::context::Context;
+use crate::watchdog::{ConnState, Deadline};
+
+type TaskContext<'a> = std::task::Context<'a>;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The most concurrent HTTP/2 streams per connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
-
-/// What a connection's watchdog needs to know, updated by the IO and the requests.
-#[derive(Debug)]
-pub(crate) struct ConnState {
-    epoch: Instant,
-    h2: AtomicBool,
-    in_flight: AtomicUsize,
-    /// Last time a request finished, ms since `epoch`.
-    last_done_ms: AtomicU64,
-    /// First byte of a pending request head, ms since `epoch` plus one; 0: none.
-    head_started_ms: AtomicU64,
-    wake: Notify,
-}
-
-impl ConnState {
-    fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-            h2: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            last_done_ms: AtomicU64::new(0),
-            head_started_ms: AtomicU64::new(0),
-            wake: Notify::new(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
-    }
-
-    fn at(&self, ms: u64) -> Instant {
-        self.epoch + Duration::from_millis(ms)
-    }
-
-    /// Bytes arrived from the client.
-    fn on_read(&self) {
-        if self.h2.load(Ordering::Relaxed) || self.in_flight.load(Ordering::Acquire) > 0 {
-            return;
-        }
-        if self
-            .head_started_ms
-            .compare_exchange(0, self.now_ms() + 1, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.wake.notify_one();
-        }
-    }
-
-    /// A request head was parsed and handed to the proxy.
-    pub(crate) fn request_started(&self) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.head_started_ms.store(0, Ordering::Release);
-    }
-
-    /// A request's response ended (or was abandoned).
-    pub(crate) fn request_done(&self) {
-        self.last_done_ms.store(self.now_ms(), Ordering::Release);
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.wake.notify_one();
-    }
-
-    /// The next watchdog deadline and what it means.
-    fn next_deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Option<Deadline> {
-        let head = self.head_started_ms.load(Ordering::Acquire);
-        if head != 0 {
-            return Some(Deadline::Header(self.at(head - 1) + header_timeout));
-        }
-        if self.in_flight.load(Ordering::Acquire) == 0 {
-            let last = self.last_done_ms.load(Ordering::Acquire);
-            return Some(Deadline::Idle(self.at(last) + idle_timeout));
-        }
-        None
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Deadline {
-    Header(Instant),
-    Idle(Instant),
-}
-
-impl Deadline {
-    fn at(self) -> Instant {
-        match self {
-            Deadline::Header(at) | Deadline::Idle(at) => at,
-        }
-    }
-}
 
 /// The client socket, replaying sniffed bytes first and reporting reads to the watchdog.
 struct ClientIo {
@@ -134,7 +43,7 @@ struct ClientIo {
 impl AsyncRead for ClientIo {
     fn poll_read(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
@@ -156,7 +65,7 @@ impl AsyncRead for ClientIo {
 impl AsyncWrite for ClientIo {
     fn poll_write(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
@@ -164,7 +73,7 @@ impl AsyncWrite for ClientIo {
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
@@ -174,11 +83,11 @@ impl AsyncWrite for ClientIo {
         self.stream.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
@@ -204,13 +113,13 @@ async fn sniff(stream: &mut TcpStream, state: &ConnState) -> io::Result<Option<(
 }
 
 /// Serves one accepted connection until it closes, is shut down, or is cut.
-pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
+pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, context: Arc<Context>) {
     let _ = stream.set_nodelay(true);
     let state = Arc::new(ConnState::new());
-    let header_timeout = proxy.config.header_read_timeout;
+    let header_timeout = context.config.header_read_timeout;
     let sniffed = tokio::select! {
         sniffed = tokio::time::timeout(header_timeout, sniff(&mut stream, &state)) => sniffed,
-        _ = proxy.cut.cancelled() => return,
+        _ = context.cut.cancelled() => return,
     };
     let (prefix, h2) = match sniffed {
         Ok(Ok(Some(sniffed))) => sniffed,
@@ -221,7 +130,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, proxy: Arc<Pr
         }
         Err(_) => {
             debug!(%peer, "client sent no request head in time");
-            proxy.metrics.header_read_timeouts.inc();
+            context.metrics.header_read_timeouts.inc();
             return;
         }
     };
@@ -232,10 +141,10 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, proxy: Arc<Pr
         state: state.clone(),
     });
     let service = {
-        let proxy = proxy.clone();
+        let context = context.clone();
         let state = state.clone();
         service_fn(move |request| {
-            let handled = proxy.clone().handle(request, peer, state.clone());
+            let handled = context.clone().handle(request, peer, state.clone());
             async move { Ok::<_, std::convert::Infallible>(handled.await) }
         })
     };
@@ -244,23 +153,39 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, proxy: Arc<Pr
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-            .max_header_list_size(u32::try_from(proxy.config.max_header_size).unwrap_or(u32::MAX));
+            .max_header_list_size(
+                u32::try_from(context.config.max_header_size).unwrap_or(u32::MAX),
+            );
         let connection = builder.serve_connection(io, service);
-        drive(connection, |c| c.graceful_shutdown(), &state, &proxy, true).await;
+        drive(
+            connection,
+            |c| c.graceful_shutdown(),
+            &state,
+            &context,
+            true,
+        )
+        .await;
     } else {
         let mut builder = http1::Builder::new();
         builder
             .keep_alive(true)
             .header_read_timeout(None)
             .max_buf_size(
-                proxy
+                context
                     .config
                     .max_header_size
                     .max(crate::config::MIN_MAX_HEADER_SIZE),
             );
-        builder.max_header_size(proxy.config.max_header_size);
+        builder.max_header_size(context.config.max_header_size);
         let connection = builder.serve_connection(io, service).with_upgrades();
-        drive(connection, |c| c.graceful_shutdown(), &state, &proxy, false).await;
+        drive(
+            connection,
+            |c| c.graceful_shutdown(),
+            &state,
+            &context,
+            false,
+        )
+        .await;
     }
 }
 
@@ -269,15 +194,15 @@ async fn drive<C>(
     connection: C,
     graceful: impl Fn(Pin<&mut C>),
     state: &ConnState,
-    proxy: &Proxy,
+    context: &Context,
     h2: bool,
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
 {
-    let config = &proxy.config;
+    let config = &context.config;
     let mut connection = std::pin::pin!(connection);
-    let mut phase = proxy.lifecycle.watch_phase();
-    let shuts_down = |p: Phase| p >= Phase::Draining || (h2 && p.is_draining());
+    let mut phase = context.lifecycle.watch_phase();
+    let shuts_down = |p: crate::lifecycle::Phase| p.shuts_down(h2);
     let mut closing = false;
     if shuts_down(*phase.borrow_and_update()) {
         graceful(connection.as_mut());
@@ -295,7 +220,7 @@ async fn drive<C>(
                 }
                 return;
             }
-            _ = proxy.cut.cancelled() => return,
+            _ = context.cut.cancelled() => return,
             changed = phase.changed(), if !closing => {
                 if changed.is_err() || shuts_down(*phase.borrow_and_update()) {
                     graceful(connection.as_mut());
@@ -307,7 +232,7 @@ async fn drive<C>(
                 match state.next_deadline(config.header_read_timeout, config.idle_timeout) {
                     Some(Deadline::Header(at)) if at <= Instant::now() => {
                         debug!("request head not received in time, closing");
-                        proxy.metrics.header_read_timeouts.inc();
+                        context.metrics.header_read_timeouts.inc();
                         return;
                     }
                     Some(Deadline::Idle(at)) if at <= Instant::now() && !closing => {

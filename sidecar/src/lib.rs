@@ -11,33 +11,40 @@
 //!
 //! It is not a general-purpose proxy: one app, on loopback, plain HTTP. TLS, routing,
 //! retries of requests that reached the app, and load balancing are out of scope.
+//!
+//! Where things are: `lifecycle` (the phases and what each means), `drain` (the drain
+//! and exit sequences), `signal`, `config`, `metrics`; the serving port is `server`
+//! (accept) → `connection` (one client connection, with its `watchdog`) → `proxy`
+//! (one request) → `upstream` (the pool to the app), sharing one `context`; the admin
+//! port is `admin`, the readiness gate `app_check`.
 
 pub mod config;
+pub mod drain;
 pub mod lifecycle;
 pub mod metrics;
+pub mod signal;
 pub mod upstream;
 
 mod admin;
 mod app_check;
 mod connection;
+mod context;
 mod proxy;
 mod server;
+mod watchdog;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus::Registry;
 use tokio::net::TcpListener;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use config::{Args, Config, ConfigError};
+pub use drain::Exit;
 pub use lifecycle::{DrainOutcome, Lifecycle, Phase};
 pub use metrics::Metrics;
+pub use signal::{Signal, Signals, UnixSignals};
 
 /// Errors that stop the sidecar before it serves.
 #[derive(Debug, thiserror::Error)]
@@ -58,24 +65,15 @@ pub enum Error {
     Metrics(#[from] prometheus::Error),
 }
 
-/// How the process should end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// The drain finished (after a signal): exit 0.
-    Drained(DrainOutcome),
-    /// A second signal arrived during the drain: exit at once.
-    Forced,
-}
-
-/// Runs the sidecar. `signals` yields once per SIGTERM/SIGINT (with its name); the
-/// first starts the drain, the process should exit when this returns. After the
-/// drain it waits for one more scrape of `/metrics` (see `--final-scrape-timeout`).
-pub async fn run<S>(config: Config, registry: Registry, mut signals: S) -> Result<Exit, Error>
-where
-    S: FnMut() -> std::pin::Pin<Box<dyn Future<Output = &'static str> + Send>>,
-{
+/// Runs the sidecar until the process should exit (see [`drain::exit`]): binds both
+/// ports, starts the app check, the admin port and the serving port, and hands the
+/// one [`Lifecycle`] to each.
+pub async fn run(
+    config: Config,
+    registry: Registry,
+    mut signals: impl Signals,
+) -> Result<Exit, Error> {
     let metrics = Metrics::register(&registry)?;
-    let final_scrape_timeout = config.final_scrape_timeout;
     let bind = |what, addr| async move {
         TcpListener::bind(addr)
             .await
@@ -102,97 +100,10 @@ where
             drain_token: config.drain_token.clone(),
         }),
     ));
-    let proxy = Arc::new(proxy::Proxy {
-        upstream: Arc::new(upstream::Upstream::new(
-            config.upstream,
-            config.upstream_connect_timeout,
-            config.upstream_idle_timeout,
-            metrics.clone(),
-        )),
-        config: config.clone(),
-        lifecycle: lifecycle.clone(),
-        metrics: metrics.clone(),
-        tasks: TaskTracker::new(),
-        cut: CancellationToken::new(),
-    });
-    tokio::spawn(drain(listener, proxy, config, metrics));
-
-    // The first signal starts the drain unless /drain already did; exit once drained.
-    let signalled = tokio::select! {
-        signal = signals() => {
-            info!(signal, "signal received");
-            lifecycle.trigger_drain(signal);
-            true
-        }
-        _ = lifecycle.drained() => false,
-    };
-    if !signalled {
-        // Drained through /drain: stay up (admin answers, /ready is 503) until told to exit.
-        let signal = signals().await;
-        info!(signal, "signal received after the drain");
-    } else {
-        tokio::select! {
-            _ = lifecycle.drained() => {}
-            signal = signals() => {
-                warn!(signal, "second signal during the drain, exiting at once");
-                return Ok(Exit::Forced);
-            }
-        }
-    }
-    let outcome = lifecycle.drained().await;
-    wait_for_final_scrape(&lifecycle, final_scrape_timeout, &mut signals).await;
-    Ok(Exit::Drained(outcome))
-}
-
-/// Before exiting, lets Prometheus scrape the drain's outcome once: without this the
-/// counters of the last seconds of a pod's life are never seen. Skipped when nothing
-/// ever scraped `/metrics` (nobody is watching) and cut short by another signal.
-async fn wait_for_final_scrape<S>(lifecycle: &Lifecycle, timeout: Duration, signals: &mut S)
-where
-    S: FnMut() -> std::pin::Pin<Box<dyn Future<Output = &'static str> + Send>>,
-{
-    if timeout.is_zero() || !lifecycle.was_scraped() {
-        return;
-    }
-    let waited = Instant::now();
-    tokio::select! {
-        _ = lifecycle.outcome_scraped() => {
-            info!(seconds = waited.elapsed().as_secs_f64(), "final scrape done, exiting");
-        }
-        _ = tokio::time::sleep(timeout) => {
-            info!(?timeout, "no scrape after the drain within the final scrape timeout, exiting");
-        }
-        signal = signals() => {
-            info!(signal, "signal while waiting for the final scrape, exiting");
-        }
-    }
-}
-
-/// The drain sequence: wait for a trigger, keep accepting for the shutdown delay,
-/// close the listener, wait for in-flight requests.
-async fn drain(listener: TcpListener, proxy: Arc<proxy::Proxy>, config: Config, metrics: Metrics) {
-    let lifecycle = proxy.lifecycle.clone();
-    let serving = tokio::spawn(server::serve(listener, proxy));
-    let cause = lifecycle.drain_triggered().await;
-    let started = Instant::now();
-    info!(cause, shutdown_delay = ?config.shutdown_delay, drain_timeout = ?config.drain_timeout, "drain started");
-    lifecycle.advance(Phase::ShutdownDelay);
-    tokio::time::sleep(config.shutdown_delay).await;
-    lifecycle.advance(Phase::Draining);
-    let outcome = serving.await.unwrap_or(DrainOutcome::Drained);
-    let seconds = started.elapsed().as_secs_f64();
-    metrics.record_drain(outcome, seconds);
-    match outcome {
-        DrainOutcome::Drained => info!(seconds, "drain finished: every request completed"),
-        DrainOutcome::TimedOut { cut } => {
-            warn!(
-                seconds,
-                requests_cut = cut,
-                "drain finished: requests cut at the drain timeout"
-            )
-        }
-    }
-    lifecycle.finish_drain(outcome);
+    let final_scrape_timeout = config.final_scrape_timeout;
+    let context = Arc::new(context::Context::new(config, lifecycle.clone(), metrics));
+    tokio::spawn(drain::drive(listener, context));
+    Ok(drain::exit(&lifecycle, &mut signals, final_scrape_timeout).await)
 }
 
 /// Mirrors phase changes into the metrics and the log.

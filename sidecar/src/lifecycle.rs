@@ -1,11 +1,13 @@
-//! The sidecar's phases and the one drain sequence that moves through them.
+//! The sidecar's phases, what each one means, and the shared state that moves
+//! through them.
 //!
 //! `Starting` → `Serving` when the app first passes its check; any drain trigger
 //! (SIGTERM, SIGINT, `/drain`) moves to `ShutdownDelay` (still accepting, clients told
 //! to go away), then `Draining` (listener closed, in-flight requests finishing), then
 //! `Drained`. Triggers are idempotent: every caller waits for the same outcome.
-//! Before the process exits, it may wait for one more scrape of `/metrics` so that
-//! the drain's outcome reaches Prometheus (see `--final-scrape-timeout`).
+//! What each phase means for the listener, the connections and the requests is
+//! decided in one place, the `impl Phase` below; the sequence that moves through the
+//! phases is `crate::drain`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +56,64 @@ impl Phase {
     }
 }
 
+/// What each phase means, in one place:
+///
+/// | phase | held | accepting | HTTP/1 `Connection: close` | HTTP/2 GOAWAY | graceful shutdown | app check |
+/// |---|---|---|---|---|---|---|
+/// | `Starting` | yes | yes | no | no | no | fast |
+/// | `Serving` | no | yes | no | no | no | period |
+/// | `ShutdownDelay` | no | yes | yes | yes | HTTP/2 only | period |
+/// | `Draining` | no | no | yes | yes | yes | period |
+/// | `Drained` | no | no | yes | yes | yes | period |
+///
+/// `/ready` is 200 only when the app passes its check and the drain has not started.
+impl Phase {
+    /// Requests wait for the app to pass its check (up to the startup hold).
+    pub fn holds_requests(self) -> bool {
+        self == Phase::Starting
+    }
+
+    /// The serving listener accepts connections.
+    pub fn accepts(self) -> bool {
+        self < Phase::Draining
+    }
+
+    /// Every HTTP/1 response says `Connection: close`, so pooled clients retire the
+    /// connection after it. Idle keep-alive connections are left open meanwhile:
+    /// closing them would race a client writing into them.
+    pub fn h1_connection_close(self) -> bool {
+        self.is_draining()
+    }
+
+    /// HTTP/2 connections are sent GOAWAY (in-flight streams finish).
+    pub fn h2_goaway(self) -> bool {
+        self.is_draining()
+    }
+
+    /// A connection of this protocol is shut down gracefully: idle ones close, busy
+    /// ones after their in-flight requests. HTTP/2 at once (that is its GOAWAY);
+    /// HTTP/1 only once the listener has closed.
+    pub fn shuts_down(self, h2: bool) -> bool {
+        if h2 {
+            self.h2_goaway()
+        } else {
+            !self.accepts()
+        }
+    }
+
+    /// The app is checked every 100 ms instead of every period, so held requests
+    /// wait little.
+    pub fn fast_app_check(self) -> bool {
+        self == Phase::Starting
+    }
+
+    /// A scrape of `/metrics` now carries the drain's outcome (it is recorded before
+    /// the phase becomes `Drained`).
+    pub fn metrics_carry_outcome(self) -> bool {
+        self == Phase::Drained
+    }
+}
+
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainOutcome {
@@ -64,14 +124,20 @@ pub enum DrainOutcome {
         /// Requests still in flight at the deadline.
         cut: u64,
     },
+    /// The serving task itself failed (a bug): what was in flight is unknown.
+    Failed,
 }
 
 impl DrainOutcome {
+    /// Every outcome's metric label.
+    pub const LABELS: [&'static str; 3] = ["drained", "timed_out", "failed"];
+
     /// The metric label of the outcome.
     pub fn as_str(self) -> &'static str {
         match self {
             DrainOutcome::Drained => "drained",
             DrainOutcome::TimedOut { .. } => "timed_out",
+            DrainOutcome::Failed => "failed",
         }
     }
 }
@@ -86,7 +152,7 @@ pub struct Lifecycle {
 struct Inner {
     phase: watch::Sender<Phase>,
     app_ready: watch::Sender<bool>,
-    drain_requested: AtomicBool,
+    /// The first drain trigger's cause; later triggers join that drain.
     trigger: watch::Sender<Option<&'static str>>,
     outcome: watch::Sender<Option<DrainOutcome>>,
     /// `/metrics` has been scraped at least once: somebody is watching.
@@ -108,7 +174,6 @@ impl Lifecycle {
             inner: Arc::new(Inner {
                 phase: watch::channel(Phase::Starting).0,
                 app_ready: watch::channel(false).0,
-                drain_requested: AtomicBool::new(false),
                 trigger: watch::channel(None).0,
                 outcome: watch::channel(None).0,
                 scraped: AtomicBool::new(false),
@@ -164,16 +229,18 @@ impl Lifecycle {
     /// Waits until the app has passed its check at least once (the phase left `Starting`).
     pub async fn app_started(&self) {
         let mut phase = self.watch_phase();
-        let _ = phase.wait_for(|p| *p != Phase::Starting).await;
+        let _ = phase.wait_for(|p| !p.holds_requests()).await;
     }
 
     /// Starts the drain (idempotent); `cause` names the trigger for logs.
     pub fn trigger_drain(&self, cause: &'static str) -> bool {
-        if self.inner.drain_requested.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        self.inner.trigger.send_replace(Some(cause));
-        true
+        self.inner.trigger.send_if_modified(|trigger| {
+            let first = trigger.is_none();
+            if first {
+                *trigger = Some(cause);
+            }
+            first
+        })
     }
 
     /// Waits for the first drain trigger and returns its cause.
@@ -247,5 +314,35 @@ mod tests {
         let lifecycle = Lifecycle::new();
         assert!(lifecycle.trigger_drain("SIGTERM"));
         assert!(!lifecycle.trigger_drain("/drain"));
+    }
+
+    #[tokio::test]
+    async fn the_first_trigger_names_the_drain() {
+        let lifecycle = Lifecycle::new();
+        lifecycle.trigger_drain("/drain");
+        lifecycle.trigger_drain("SIGTERM");
+        assert_eq!(lifecycle.drain_triggered().await, "/drain");
+    }
+
+    #[test]
+    fn what_each_phase_means() {
+        use Phase::*;
+        let table = |p: Phase| {
+            (
+                p.holds_requests(),
+                p.accepts(),
+                p.h1_connection_close(),
+                p.h2_goaway(),
+                p.shuts_down(false),
+                p.shuts_down(true),
+            )
+        };
+        assert_eq!(table(Starting), (true, true, false, false, false, false));
+        assert_eq!(table(Serving), (false, true, false, false, false, false));
+        assert_eq!(table(ShutdownDelay), (false, true, true, true, false, true));
+        assert_eq!(table(Draining), (false, false, true, true, true, true));
+        assert_eq!(table(Drained), (false, false, true, true, true, true));
+        assert!(Starting.fast_app_check() && !Serving.fast_app_check());
+        assert!(Drained.metrics_carry_outcome() && !Draining.metrics_carry_outcome());
     }
 }

@@ -1,21 +1,14 @@
 //! The `lameduck-sidecar` binary: parse and validate the configuration, set up
 //! logging and the metrics registry, then call [`lameduck_sidecar::run`].
 
-use std::future::Future;
 use std::io::IsTerminal;
-use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use clap::error::ErrorKind;
+use lameduck_contract::exit::{INTERRUPTED, USAGE};
 use lameduck_sidecar::config::LogFormat;
-use lameduck_sidecar::{Args, Exit};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Mutex;
-
-/// Exit code for a bad configuration (EX_USAGE).
-const EXIT_USAGE: u8 = 64;
+use lameduck_sidecar::{Args, DrainOutcome, Exit, UnixSignals};
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
@@ -31,7 +24,7 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             let _ = error.print();
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(USAGE);
         }
     };
     let (log_format, check) = (args.log_format, args.check);
@@ -39,7 +32,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => {
             eprintln!("lameduck-sidecar: invalid configuration: {error}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(USAGE);
         }
     };
     if check {
@@ -59,19 +52,20 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let signals = match Signals::install() {
+        let signals = match UnixSignals::install() {
             Ok(signals) => signals,
             Err(error) => {
                 return Err(anyhow::Error::from(error).context("installing signal handlers"));
             }
         };
-        Ok(lameduck_sidecar::run(config, registry, move || signals.next()).await?)
+        Ok(lameduck_sidecar::run(config, registry, signals).await?)
     });
     // Do not wait for lingering tasks (admin connections, checks): the drain is done.
     runtime.shutdown_background();
     match result {
+        Ok(Exit::Drained(DrainOutcome::Failed)) => ExitCode::FAILURE,
         Ok(Exit::Drained(_)) => ExitCode::SUCCESS,
-        Ok(Exit::Forced) => ExitCode::from(130),
+        Ok(Exit::Forced) => ExitCode::from(INTERRUPTED),
         Err(error) => {
             eprintln!("lameduck-sidecar: {error:#}");
             ExitCode::FAILURE
@@ -80,7 +74,7 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LAMEDUCK_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(lameduck_contract::env::LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -88,33 +82,5 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-    }
-}
-
-/// SIGTERM and SIGINT, as one stream of signal names.
-#[derive(Clone)]
-struct Signals {
-    inner: Arc<Mutex<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>>,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Self> {
-        let term = signal(SignalKind::terminate())?;
-        let int = signal(SignalKind::interrupt())?;
-        Ok(Self {
-            inner: Arc::new(Mutex::new((term, int))),
-        })
-    }
-
-    fn next(&self) -> Pin<Box<dyn Future<Output = &'static str> + Send>> {
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let mut guard = inner.lock().await;
-            let (term, int) = &mut *guard;
-            tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            }
-        })
     }
 }

@@ -1,10 +1,11 @@
 //! One request through the sidecar: hold while the app starts, clean the headers,
-//! forward, and account for the request until the last byte of its response.
+//! forward, and account for the request until the last byte of its response. What
+//! holding and `Connection: close` depend on is the phase's (`lifecycle`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -14,15 +15,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::config::Config;
-use crate::connection::ConnState;
-use crate::lifecycle::{Lifecycle, Phase};
-use crate::metrics::{Metrics, code_class};
-use crate::upstream::{Body, BoxError, Lease, Upstream, UpstreamError, full};
+use crate::context::Context;
+use crate::lifecycle::Phase;
+use crate::metrics::code_class;
+use crate::upstream::{Body, BoxError, Lease, UpstreamError, full};
+use crate::watchdog::ConnState;
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -37,20 +36,9 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Everything a request needs; one per sidecar, shared by every connection.
-#[derive(Debug)]
-pub(crate) struct Proxy {
-    pub(crate) config: Config,
-    pub(crate) lifecycle: Lifecycle,
-    pub(crate) metrics: Metrics,
-    pub(crate) upstream: Arc<Upstream>,
-    /// Connection and tunnel tasks, awaited by the drain.
-    pub(crate) tasks: TaskTracker,
-    /// Cancelled at the drain timeout: everything still open is cut.
-    pub(crate) cut: CancellationToken,
-}
+// === impl Context: one request ===
 
-impl Proxy {
+impl Context {
     /// Proxies one request from `peer`.
     pub(crate) async fn handle(
         self: Arc<Self>,
@@ -69,7 +57,7 @@ impl Proxy {
             Ok((response, lease)) => self.relay(response, lease, on_upgrade),
             Err(response) => response,
         };
-        if downstream_version < Version::HTTP_2 && self.lifecycle.phase().is_draining() {
+        if downstream_version < Version::HTTP_2 && self.lifecycle.phase().h1_connection_close() {
             // Tell HTTP/1 clients to take their next request elsewhere.
             response
                 .headers_mut()
@@ -98,7 +86,7 @@ impl Proxy {
     ) -> Result<(Response<Incoming>, Option<Lease>), Response<Body>> {
         let arrived = Instant::now();
         let mut hold_until = None;
-        if self.lifecycle.phase() == Phase::Starting {
+        if self.lifecycle.phase().holds_requests() {
             self.metrics.startup_held_requests.inc();
             let deadline = arrived + self.config.startup_hold;
             if tokio::time::timeout_at(deadline, self.lifecycle.app_started())
@@ -134,6 +122,10 @@ impl Proxy {
                     UpstreamError::Handshake(_) | UpstreamError::Request(_) => local(
                         StatusCode::BAD_GATEWAY,
                         "the app closed the connection without answering\n",
+                    ),
+                    UpstreamError::NotSent { .. } => local(
+                        StatusCode::BAD_GATEWAY,
+                        "the app closed every connection before the request could be sent\n",
                     ),
                 })
             }
@@ -305,26 +297,26 @@ fn local(status: StatusCode, message: &'static str) -> Response<Body> {
 /// Counts one request from its head to the end (or abandonment) of its response.
 #[derive(Debug)]
 pub(crate) struct RequestGuard {
-    proxy: Arc<Proxy>,
+    context: Arc<Context>,
     conn: Arc<ConnState>,
     phase: Phase,
     started: Instant,
 }
 
 impl RequestGuard {
-    fn start(proxy: Arc<Proxy>, conn: Arc<ConnState>) -> Self {
-        proxy.metrics.requests_in_flight.inc();
+    fn start(context: Arc<Context>, conn: Arc<ConnState>) -> Self {
+        context.metrics.requests_in_flight.inc();
         conn.request_started();
         Self {
-            phase: proxy.lifecycle.phase(),
-            proxy,
+            phase: context.lifecycle.phase(),
+            context,
             conn,
             started: Instant::now(),
         }
     }
 
     fn finish(self, status: u16) {
-        let metrics = &self.proxy.metrics;
+        let metrics = &self.context.metrics;
         metrics
             .requests
             .with_label_values(&[code_class(status), self.phase.as_str()])
@@ -338,7 +330,7 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.proxy.metrics.requests_in_flight.dec();
+        self.context.metrics.requests_in_flight.dec();
         self.conn.request_done();
     }
 }
@@ -397,7 +389,7 @@ where
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);

@@ -62,6 +62,12 @@ pub enum UpstreamError {
     /// The request failed after it was (at least partly) sent.
     #[error("the app did not answer")]
     Request(#[source] hyper::Error),
+    /// Every attempt found its connection closing and handed the request back unsent.
+    #[error("the app closed every connection before the request was sent ({attempts} attempts)")]
+    NotSent {
+        /// Attempts made.
+        attempts: usize,
+    },
 }
 
 /// The app and the pool of idle connections to it.
@@ -185,8 +191,11 @@ impl Upstream {
             }
         }
         // The loop returns or continues with a request; reaching here means every
-        // attempt handed the request back unsent.
-        Err(UpstreamError::ConnectTimeout { addr: self.addr })
+        // attempt handed the request back unsent: nothing reached the app, and no
+        // connect timed out either.
+        Err(UpstreamError::NotSent {
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
     /// Returns a connection whose response has been read completely.

@@ -7,17 +7,7 @@ use std::time::Duration;
 use crate::support::{Sidecar, app_config, get, request, start_app, wait_ready};
 
 fn require(program: &str, package: &str) -> std::path::PathBuf {
-    assert!(
-        std::env::var("LAMEDUCK_SYSTEM_TESTS").is_ok_and(|v| v == "1"),
-        "system tests need LAMEDUCK_SYSTEM_TESTS=1 (and their packages: see .ci/run)"
-    );
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("LAMEDUCK_SYSTEM_TESTS=1 but `{program}` is missing: install {package}")
-        })
+    lameduck_test_support::system::require_program(program, package)
 }
 
 #[tokio::test]

@@ -67,6 +67,38 @@ struct Sent {
     result: Result<(u16, bool), String>,
 }
 
+/// One client POSTing `?wait=0.3` until `stop_at`, on a keep-alive connection it
+/// replaces whenever a response says `Connection: close` or the connection fails.
+async fn keep_posting(addr: std::net::SocketAddr, stop_at: Instant) -> Vec<Sent> {
+    let mut sent = Vec::new();
+    let mut client: Option<Client> = None;
+    while Instant::now() < stop_at {
+        let new_connection = !client.as_ref().is_some_and(Client::is_usable);
+        if new_connection {
+            client = Some(
+                Client::connect(addr)
+                    .await
+                    .expect("connect during the delay"),
+            );
+        }
+        let at = Instant::now();
+        let Some(c) = client.as_mut() else { break };
+        let result = c
+            .send("POST", "/?wait=0.3", b"payload")
+            .await
+            .map(|reply| (reply.status, reply.closes()));
+        if matches!(result, Ok((_, true)) | Err(_)) {
+            client = None;
+        }
+        sent.push(Sent {
+            at,
+            new_connection,
+            result,
+        });
+    }
+    sent
+}
+
 #[tokio::test]
 async fn drain_under_load_keeps_serving_through_the_delay_then_refuses() {
     const DELAY: Duration = Duration::from_secs(2);
@@ -83,39 +115,9 @@ async fn drain_under_load_keeps_serving_through_the_delay_then_refuses() {
     // Clients stop sending a little before the delay ends, so that every request
     // they send is unambiguously "sent before the delay ended".
     let stop_at = sigterm_at + DELAY - Duration::from_millis(150);
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        let addr = sidecar.listen;
-        clients.push(tokio::spawn(async move {
-            let mut sent = Vec::new();
-            let mut client: Option<Client> = None;
-            while Instant::now() < stop_at {
-                let new_connection = !client.as_ref().is_some_and(Client::is_usable);
-                if new_connection {
-                    client = Some(
-                        Client::connect(addr)
-                            .await
-                            .expect("connect during the delay"),
-                    );
-                }
-                let at = Instant::now();
-                let Some(c) = client.as_mut() else { break };
-                let result = c
-                    .send("POST", "/?wait=0.3", b"payload")
-                    .await
-                    .map(|reply| (reply.status, reply.closes()));
-                if matches!(result, Ok((_, true)) | Err(_)) {
-                    client = None;
-                }
-                sent.push(Sent {
-                    at,
-                    new_connection,
-                    result,
-                });
-            }
-            sent
-        }));
-    }
+    let clients: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(keep_posting(sidecar.listen, stop_at)))
+        .collect();
 
     tokio::time::sleep_until(sigterm_at).await;
     sidecar.signal("TERM");

@@ -1,0 +1,148 @@
+//! The contract between the lameduck sidecar and everything that configures it: the
+//! environment variables it reads, their defaults, the admin paths, the names of its
+//! container and ports in a pod, and the exit codes of the project's binaries.
+//!
+//! The sidecar's clap flags take their `env =` and defaults from here, and the
+//! injector, the lint and the lab write and read the same names, so the two sides
+//! cannot drift apart. It is for names and values only: no logic, no dependencies.
+
+/// Environment variables the sidecar reads, one per flag.
+pub mod env {
+    /// Serving address.
+    pub const LISTEN: &str = "LAMEDUCK_LISTEN";
+    /// The app's address.
+    pub const UPSTREAM: &str = "LAMEDUCK_UPSTREAM";
+    /// Admin address.
+    pub const ADMIN: &str = "LAMEDUCK_ADMIN";
+    /// The app check (`tcp` or `http:/path`).
+    pub const APP_CHECK: &str = "LAMEDUCK_APP_CHECK";
+    /// App check period.
+    pub const APP_CHECK_PERIOD: &str = "LAMEDUCK_APP_CHECK_PERIOD";
+    /// App check timeout.
+    pub const APP_CHECK_TIMEOUT: &str = "LAMEDUCK_APP_CHECK_TIMEOUT";
+    /// Failed checks before the app counts as not ready.
+    pub const APP_CHECK_FAILURE_THRESHOLD: &str = "LAMEDUCK_APP_CHECK_FAILURE_THRESHOLD";
+    /// Passed checks before the app counts as ready again.
+    pub const APP_CHECK_SUCCESS_THRESHOLD: &str = "LAMEDUCK_APP_CHECK_SUCCESS_THRESHOLD";
+    /// How long a request may wait for the app to start.
+    pub const STARTUP_HOLD: &str = "LAMEDUCK_STARTUP_HOLD";
+    /// How long to keep accepting once the drain starts.
+    pub const SHUTDOWN_DELAY: &str = "LAMEDUCK_SHUTDOWN_DELAY";
+    /// How long in-flight requests may take once the listener is closed.
+    pub const DRAIN_TIMEOUT: &str = "LAMEDUCK_DRAIN_TIMEOUT";
+    /// Bearer token that authorizes `/drain` from outside the pod.
+    pub const DRAIN_TOKEN: &str = "LAMEDUCK_DRAIN_TOKEN";
+    /// How long to wait for the scrape that carries the drain's outcome.
+    pub const FINAL_SCRAPE_TIMEOUT: &str = "LAMEDUCK_FINAL_SCRAPE_TIMEOUT";
+    /// Idle timeout of pooled connections to the app.
+    pub const UPSTREAM_IDLE_TIMEOUT: &str = "LAMEDUCK_UPSTREAM_IDLE_TIMEOUT";
+    /// Connect timeout to the app.
+    pub const UPSTREAM_CONNECT_TIMEOUT: &str = "LAMEDUCK_UPSTREAM_CONNECT_TIMEOUT";
+    /// Time to the app's response headers.
+    pub const UPSTREAM_TIMEOUT: &str = "LAMEDUCK_UPSTREAM_TIMEOUT";
+    /// Time a client may take to send a request head.
+    pub const HEADER_READ_TIMEOUT: &str = "LAMEDUCK_HEADER_READ_TIMEOUT";
+    /// Downstream keep-alive idle timeout.
+    pub const IDLE_TIMEOUT: &str = "LAMEDUCK_IDLE_TIMEOUT";
+    /// Largest accepted request head.
+    pub const MAX_HEADER_SIZE: &str = "LAMEDUCK_MAX_HEADER_SIZE";
+    /// Log format (`text` or `json`).
+    pub const LOG_FORMAT: &str = "LAMEDUCK_LOG_FORMAT";
+    /// Log filter, in `tracing-subscriber`'s `EnvFilter` syntax.
+    pub const LOG: &str = "LAMEDUCK_LOG";
+
+    /// The variables whose values are durations (the lab scales them).
+    pub const DURATIONS: [&str; 10] = [
+        APP_CHECK_PERIOD,
+        APP_CHECK_TIMEOUT,
+        STARTUP_HOLD,
+        SHUTDOWN_DELAY,
+        DRAIN_TIMEOUT,
+        FINAL_SCRAPE_TIMEOUT,
+        UPSTREAM_IDLE_TIMEOUT,
+        UPSTREAM_CONNECT_TIMEOUT,
+        UPSTREAM_TIMEOUT,
+        HEADER_READ_TIMEOUT,
+    ];
+}
+
+/// The sidecar's defaults, as its flags spell them.
+pub mod defaults {
+    /// Serving address (the pod's traffic arrives here).
+    pub const LISTEN: &str = "0.0.0.0:8000";
+    /// The app's address.
+    pub const UPSTREAM: &str = "127.0.0.1:8080";
+    /// Admin address (`/ready`, `/live`, `/metrics`, `/drain`).
+    pub const ADMIN: &str = "0.0.0.0:9901";
+    /// App check.
+    pub const APP_CHECK: &str = "tcp";
+    /// App check period once the app has been ready.
+    pub const APP_CHECK_PERIOD: &str = "1s";
+    /// App check timeout.
+    pub const APP_CHECK_TIMEOUT: &str = "1s";
+    /// Consecutive failures before the app counts as not ready.
+    pub const APP_CHECK_FAILURE_THRESHOLD: u32 = 3;
+    /// Consecutive successes before the app counts as ready again.
+    pub const APP_CHECK_SUCCESS_THRESHOLD: u32 = 1;
+    /// How long a request may wait for the app to start.
+    pub const STARTUP_HOLD: &str = "30s";
+    /// How long to keep accepting after the drain starts (covers endpoint propagation).
+    pub const SHUTDOWN_DELAY: &str = "15s";
+    /// How long in-flight requests may take once the listener is closed.
+    pub const DRAIN_TIMEOUT: &str = "30s";
+    /// After the drain, how long to wait for one more scrape of `/metrics` before
+    /// exiting, so the drain's outcome reaches Prometheus (skipped when nothing ever
+    /// scraped). Covers the 30 s scrape interval common with prometheus-operator.
+    pub const FINAL_SCRAPE_TIMEOUT: &str = "30s";
+    /// Idle pooled upstream connections are dropped after this (below Node.js' 5 s).
+    pub const UPSTREAM_IDLE_TIMEOUT: &str = "4s";
+    /// Connect timeout to the app.
+    pub const UPSTREAM_CONNECT_TIMEOUT: &str = "1s";
+    /// Time to the app's response headers before answering 504.
+    pub const UPSTREAM_TIMEOUT: &str = "60s";
+    /// Time a client may take to send a request's headers, from its first byte.
+    pub const HEADER_READ_TIMEOUT: &str = "10s";
+    /// Downstream keep-alive idle timeout: above every common proxy's upstream idle
+    /// timeout (ingress-nginx 60 s, AWS ALB 60 s, GCLB 600 s), as Envoy's 1 h default is.
+    pub const IDLE_TIMEOUT: &str = "1h";
+    /// Largest accepted request head in bytes; larger gets 431.
+    pub const MAX_HEADER_SIZE: usize = 32 * 1024;
+    /// The smallest accepted request-head limit (hyper's smallest read buffer).
+    pub const MIN_MAX_HEADER_SIZE: usize = 8192;
+    /// The shortest drain token accepted.
+    pub const MIN_DRAIN_TOKEN_LEN: usize = 16;
+}
+
+/// Paths on the sidecar's admin port.
+pub mod admin {
+    /// 200 while the pod should receive traffic.
+    pub const READY: &str = "/ready";
+    /// 200 while the process runs.
+    pub const LIVE: &str = "/live";
+    /// Prometheus metrics.
+    pub const METRICS: &str = "/metrics";
+    /// Starts the drain; answers once it is done (the app's preStop hook).
+    pub const DRAIN: &str = "/drain";
+}
+
+/// Names the sidecar has inside a pod.
+pub mod pod {
+    /// The sidecar container's name.
+    pub const SIDECAR_CONTAINER: &str = "lameduck-sidecar";
+    /// The sidecar's admin port name (the PodMonitor scrapes it).
+    pub const ADMIN_PORT_NAME: &str = "lameduck-admin";
+    /// The app's serving port's name once the sidecar has taken over its old one.
+    pub const APP_PORT_NAME: &str = "lameduck-app";
+}
+
+/// Exit codes of the project's binaries.
+pub mod exit {
+    /// A run that failed (an error, failed requests, or lint findings).
+    pub const FAILURE: u8 = 1;
+    /// `lameduck load`: the in-flight cap was reached, so the rate was not held.
+    pub const RATE_NOT_HELD: u8 = 3;
+    /// A bad command line or configuration (`EX_USAGE`).
+    pub const USAGE: u8 = 64;
+    /// Stopped by a signal (SIGINT, or a second signal during the drain): 128 + 2.
+    pub const INTERRUPTED: u8 = 130;
+}

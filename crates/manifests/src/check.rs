@@ -1,0 +1,224 @@
+//! `lameduck check`: lints workloads for the zero-downtime rules.
+//!
+//! - `readiness-probe`: a serving pod needs a readiness probe (or the sidecar's);
+//! - `pre-stop`: a serving container needs a preStop hook (a sleep, or the sidecar's drain);
+//! - `grace-period`: `terminationGracePeriodSeconds ≥ preStop + drain + margin`, which
+//!   no common linter checks;
+//! - `max-unavailable`: a rollout must keep at least one ready pod.
+//!
+//! Every kind with a pod template is linted (Jobs and CronJobs too, as `inject`
+//! injects them); the rollout rule applies to Deployments.
+
+use lameduck_contract::{defaults, env};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::inject::SIDECAR_NAME;
+use crate::workload::{self, RollingUpdate, Strategy};
+
+/// Seconds added on top of preStop and drain.
+pub const MARGIN_SECONDS: u64 = 5;
+
+/// One broken rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The document's index in the stream (List items count as documents).
+    pub document: usize,
+    /// The object's kind.
+    pub kind: String,
+    /// The object's name.
+    pub name: String,
+    /// The rule.
+    pub rule: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+fn seconds(text: &str) -> Option<u64> {
+    humantime::parse_duration(text).ok().map(|d| d.as_secs())
+}
+
+/// Lints a stream; `drain_seconds` is the longest request the app must be allowed to
+/// finish when it has no lameduck sidecar.
+pub fn check(documents: &[Value], drain_seconds: u64) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (document, object) in workload::objects(documents).enumerate() {
+        let mut finding = |rule: &'static str, message: String| {
+            findings.push(Finding {
+                document,
+                kind: workload::kind(object).to_owned(),
+                name: workload::name(object).to_owned(),
+                rule,
+                message,
+            });
+        };
+        check_object(object, drain_seconds, &mut finding);
+    }
+    findings
+}
+
+/// The containers of one pod spec, as the rules look at them.
+struct Pod<'a> {
+    spec: &'a Value,
+    /// App containers that declare a port.
+    serving: Vec<&'a Value>,
+    /// The lameduck sidecar, native or classic.
+    sidecar: Option<&'a Value>,
+    /// Every container, init containers included.
+    all: Vec<&'a Value>,
+}
+
+impl<'a> Pod<'a> {
+    fn of(spec: &'a Value) -> Self {
+        let all: Vec<&Value> = workload::containers(spec, "containers")
+            .chain(workload::containers(spec, "initContainers"))
+            .collect();
+        let serving = workload::containers(spec, "containers")
+            .filter(|c| {
+                c.get("ports")
+                    .and_then(Value::as_array)
+                    .is_some_and(|p| !p.is_empty())
+            })
+            .filter(|c| workload::container_name(c) != SIDECAR_NAME)
+            .collect();
+        let sidecar = all
+            .iter()
+            .copied()
+            .find(|c| workload::container_name(c) == SIDECAR_NAME);
+        Self {
+            spec,
+            serving,
+            sidecar,
+            all,
+        }
+    }
+}
+
+type Report<'r> = dyn FnMut(&'static str, String) + 'r;
+
+fn check_object(object: &Value, drain_seconds: u64, finding: &mut Report<'_>) {
+    let kind = workload::kind(object);
+    let Some(paths) = workload::pod_template_paths(kind) else {
+        return;
+    };
+    let Some(spec) = object.pointer(paths.spec) else {
+        return;
+    };
+    let pod = Pod::of(spec);
+    if pod.serving.is_empty() {
+        return;
+    }
+    if !pod.all.iter().any(|c| c.get("readinessProbe").is_some()) {
+        finding(
+            "readiness-probe",
+            "no container has a readiness probe: the pod receives traffic as soon as it starts (premature activation)".to_owned(),
+        );
+    }
+    for container in &pod.serving {
+        if container.pointer("/lifecycle/preStop").is_none() {
+            let name = workload::container_name(container);
+            finding(
+                "pre-stop",
+                format!(
+                    "container {name:?} has no preStop hook: it gets SIGTERM while ingress controllers still send it traffic (stale upstreams)"
+                ),
+            );
+        }
+    }
+    check_grace(&pod, drain_seconds, finding);
+    if kind == "Deployment" {
+        check_rollout(object, finding);
+    }
+}
+
+/// `terminationGracePeriodSeconds` must cover what runs before SIGKILL.
+fn check_grace(pod: &Pod<'_>, drain_seconds: u64, finding: &mut Report<'_>) {
+    let grace = workload::grace_period(pod.spec).as_secs();
+    let default = |text: &str| seconds(text).unwrap_or(0);
+    let (pre_stop, drain, what) = match pod.sidecar {
+        Some(sidecar) => (
+            workload::env_value(sidecar, env::SHUTDOWN_DELAY)
+                .and_then(seconds)
+                .unwrap_or_else(|| default(defaults::SHUTDOWN_DELAY)),
+            workload::env_value(sidecar, env::DRAIN_TIMEOUT)
+                .and_then(seconds)
+                .unwrap_or_else(|| default(defaults::DRAIN_TIMEOUT)),
+            "shutdown delay",
+        ),
+        None => (
+            pod.serving
+                .iter()
+                .filter_map(|c| workload::pre_stop_sleep(c))
+                .map(|d| d.as_secs_f64().ceil() as u64)
+                .max()
+                .unwrap_or(0),
+            drain_seconds,
+            "preStop",
+        ),
+    };
+    let needed = pre_stop + drain + MARGIN_SECONDS;
+    if grace < needed {
+        finding(
+            "grace-period",
+            format!(
+                "terminationGracePeriodSeconds {grace} < {what} {pre_stop} + drain {drain} + margin {MARGIN_SECONDS} = {needed}: requests are killed at the end of the grace period"
+            ),
+        );
+    }
+}
+
+fn check_rollout(deployment: &Value, finding: &mut Report<'_>) {
+    let RollingUpdate {
+        replicas,
+        max_unavailable,
+        ..
+    } = match workload::strategy(deployment) {
+        Strategy::Recreate => {
+            finding(
+                "max-unavailable",
+                "strategy Recreate stops every pod before starting new ones".to_owned(),
+            );
+            return;
+        }
+        Strategy::RollingUpdate(rolling) => rolling,
+    };
+    if replicas > 0 && max_unavailable >= replicas {
+        finding(
+            "max-unavailable",
+            format!(
+                "with {replicas} replicas and maxUnavailable {max_unavailable}, a rollout can take every ready pod down: set maxUnavailable: 0"
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::parse_stream;
+
+    fn rules(yaml: &str) -> Vec<&'static str> {
+        let docs = parse_stream("t", yaml).expect("valid");
+        check(&docs, 10).into_iter().map(|f| f.rule).collect()
+    }
+
+    #[test]
+    fn the_plain_and_fixed_demo_overlays() {
+        let plain = include_str!("../../../k8s/rendered/plain.yaml");
+        assert_eq!(rules(plain), ["readiness-probe", "pre-stop"]);
+        let fixed = include_str!("../../../k8s/rendered/fixed.yaml");
+        assert!(rules(fixed).is_empty());
+    }
+
+    #[test]
+    fn grace_shorter_than_pre_stop_and_drain_is_found() {
+        let yaml = "kind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 3\n  template:\n    spec:\n      terminationGracePeriodSeconds: 20\n      containers:\n      - name: a\n        ports: [{containerPort: 80}]\n        readinessProbe: {tcpSocket: {port: 80}}\n        lifecycle: {preStop: {exec: {command: [sh, -c, sleep 15]}}}\n";
+        assert_eq!(rules(yaml), ["grace-period"]);
+    }
+
+    #[test]
+    fn a_single_replica_that_may_go_unavailable_is_found() {
+        let yaml = "kind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 1\n  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}\n  template:\n    spec:\n      terminationGracePeriodSeconds: 60\n      containers:\n      - name: a\n        ports: [{containerPort: 80}]\n        readinessProbe: {tcpSocket: {port: 80}}\n        lifecycle: {preStop: {sleep: {seconds: 5}}}\n";
+        assert_eq!(rules(yaml), ["max-unavailable"]);
+    }
+}

@@ -1,0 +1,286 @@
+//! Adding the lameduck sidecar to Kubernetes manifests, and taking it out again.
+//!
+//! Every change to a pod template or a Service is recorded in the annotation
+//! `lameduck.dev/injected` (a typed [`record`]), which is what makes [`uninject`]
+//! exact and [`inject`] idempotent: re-injecting first takes the old injection out,
+//! keeping its drain token.
+//!
+//! - [`pod`]: one pod template in and out (the app's port, preStop, grace period);
+//! - [`port`]: which container port is the serving one;
+//! - [`sidecar`]: the sidecar container itself;
+//! - [`service`]: Services that reach an injected pod by the app's port number;
+//! - [`record`]: what was changed, so it can be undone.
+
+mod pod;
+mod port;
+mod record;
+mod service;
+mod sidecar;
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::workload::{self, TemplatePaths};
+
+/// Pod template annotation: `disabled` opts a workload out.
+pub const ANNOTATION_INJECT: &str = "lameduck.dev/inject";
+/// Pod template annotation: the serving port (name or number) when ambiguous.
+pub const ANNOTATION_APP_PORT: &str = "lameduck.dev/app-port";
+/// Pod template annotation: shutdown delay for this workload (e.g. `20s`).
+pub const ANNOTATION_SHUTDOWN_DELAY: &str = "lameduck.dev/shutdown-delay";
+/// Pod template annotation: drain timeout for this workload.
+pub const ANNOTATION_DRAIN_TIMEOUT: &str = "lameduck.dev/drain-timeout";
+/// Pod template annotation: the app check (`tcp` or `http:/path`).
+pub const ANNOTATION_APP_CHECK: &str = "lameduck.dev/app-check";
+/// Pod template annotation: how long the app needs to exit after SIGTERM.
+pub const ANNOTATION_APP_STOP_TIME: &str = "lameduck.dev/app-stop-time";
+/// Annotation holding what injection changed (pod templates and Services).
+pub const ANNOTATION_INJECTED: &str = "lameduck.dev/injected";
+
+pub use lameduck_contract::pod::{
+    ADMIN_PORT_NAME, APP_PORT_NAME, SIDECAR_CONTAINER as SIDECAR_NAME,
+};
+/// Added to the grace period on top of shutdown delay, drain timeout and app stop time.
+pub const GRACE_MARGIN_SECONDS: u64 = 5;
+
+/// Default sidecar image.
+pub const DEFAULT_IMAGE: &str = concat!("lameduck/sidecar:", env!("CARGO_PKG_VERSION"));
+/// Default shutdown delay: the sidecar's own.
+pub const DEFAULT_SHUTDOWN_DELAY: &str = lameduck_contract::defaults::SHUTDOWN_DELAY;
+/// Default drain timeout: the sidecar's own.
+pub const DEFAULT_DRAIN_TIMEOUT: &str = lameduck_contract::defaults::DRAIN_TIMEOUT;
+/// Default time the app needs to exit once drained.
+pub const DEFAULT_APP_STOP_TIME: &str = "5s";
+/// Default sidecar serving port in an injected pod.
+pub const DEFAULT_SIDECAR_PORT: u16 = 18080;
+/// Default sidecar admin port in an injected pod.
+pub const DEFAULT_ADMIN_PORT: u16 = 19901;
+
+/// Where the sidecar runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A native sidecar: an init container with `restartPolicy: Always` (Kubernetes ≥ 1.29).
+    Native,
+    /// A regular container, listed first.
+    Classic,
+}
+
+/// Injection settings (flags give them; pod annotations override some).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The sidecar image.
+    pub image: String,
+    /// Native or classic sidecar.
+    pub mode: Mode,
+    /// Default shutdown delay.
+    pub shutdown_delay: Duration,
+    /// Default drain timeout.
+    pub drain_timeout: Duration,
+    /// Default time the app needs to exit once drained.
+    pub app_stop_time: Duration,
+    /// The sidecar's serving port.
+    pub sidecar_port: u16,
+    /// The sidecar's admin port.
+    pub admin_port: u16,
+    /// One drain token for every workload; `None`: a random one per pod template
+    /// (kept when re-injecting).
+    pub drain_token: Option<String>,
+}
+
+impl Default for Options {
+    /// The CLI's defaults: native sidecar, 15 s delay, 30 s drain, 5 s app stop,
+    /// ports 18080 and 19901, a random token per workload.
+    fn default() -> Self {
+        let duration = |text| humantime::parse_duration(text).unwrap_or_default();
+        Self {
+            image: DEFAULT_IMAGE.to_owned(),
+            mode: Mode::Native,
+            shutdown_delay: duration(DEFAULT_SHUTDOWN_DELAY),
+            drain_timeout: duration(DEFAULT_DRAIN_TIMEOUT),
+            app_stop_time: duration(DEFAULT_APP_STOP_TIME),
+            sidecar_port: DEFAULT_SIDECAR_PORT,
+            admin_port: DEFAULT_ADMIN_PORT,
+            drain_token: None,
+        }
+    }
+}
+
+/// Why a stream cannot be injected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("document {document} ({kind} {name}): {path}: {message}")]
+pub struct InjectError {
+    /// The document's index in the stream, from 0 (items of a List count as documents).
+    pub document: usize,
+    /// Its kind.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Where in the document.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A workload left alone, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The document's index.
+    pub document: usize,
+    /// `Kind/name`.
+    pub object: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "skipped {} (document {}): {}",
+            self.object, self.document, self.reason
+        )
+    }
+}
+
+/// One object of the stream being worked on: where it is, and where its pod
+/// template is (none for a Service).
+#[derive(Debug)]
+struct Located {
+    document: usize,
+    kind: String,
+    name: String,
+    paths: TemplatePaths,
+}
+
+impl Located {
+    fn new(document: usize, object: &Value) -> Self {
+        let kind = workload::kind(object).to_owned();
+        let paths = workload::pod_template_paths(&kind).unwrap_or(TemplatePaths {
+            metadata: "/metadata",
+            spec: "/spec",
+        });
+        Self {
+            document,
+            name: workload::name(object).to_owned(),
+            kind,
+            paths,
+        }
+    }
+
+    fn error(&self, path: &str, message: impl Into<String>) -> InjectError {
+        InjectError {
+            document: self.document,
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// A JSON pointer below the template's metadata.
+    fn metadata(&self, below: &str) -> String {
+        format!("{}{below}", self.paths.metadata)
+    }
+}
+
+/// Calls `f` on every object of the stream with its index, stopping at the first error.
+fn try_for_each_object<E>(
+    documents: &mut [Value],
+    mut f: impl FnMut(usize, &mut Value) -> Result<(), E>,
+) -> Result<(), E> {
+    workload::objects_mut(documents)
+        .enumerate()
+        .try_for_each(|(index, object)| f(index, object))
+}
+
+/// Injects the sidecar into every pod template of the stream that serves a port, and
+/// points the stream's Services at it. Returns the workloads left alone.
+pub fn inject(documents: &mut [Value], options: &Options) -> Result<Vec<Skipped>, InjectError> {
+    // Services fixed by an earlier injection are fixed again from scratch below.
+    try_for_each_object(documents, |document, object| {
+        if workload::kind(object) == "Service" {
+            service::uninject(object, &Located::new(document, object))?;
+        }
+        Ok(())
+    })?;
+    let mut skipped = Vec::new();
+    let mut pods = service::Pods::default();
+    try_for_each_object(documents, |document, object| {
+        if workload::pod_template_paths(workload::kind(object)).is_none() {
+            return Ok(());
+        }
+        let at = Located::new(document, object);
+        match pod::inject(object, &at, options)? {
+            pod::Outcome::Injected(injected) => pods.injected.push(injected),
+            pod::Outcome::Skipped { reason, serving } => {
+                pods.not_injected.push(serving);
+                skipped.push(Skipped {
+                    document,
+                    object: format!("{}/{}", at.kind, at.name),
+                    reason,
+                });
+            }
+            pod::Outcome::NotServing => {}
+        }
+        Ok(())
+    })?;
+    try_for_each_object(documents, |document, object| {
+        if workload::kind(object) == "Service" {
+            service::inject(object, &Located::new(document, object), &pods)?;
+        }
+        Ok(())
+    })?;
+    Ok(skipped)
+}
+
+/// Takes out everything [`inject`] added, exactly.
+pub fn uninject(documents: &mut [Value]) -> Result<(), InjectError> {
+    try_for_each_object(documents, |document, object| {
+        let kind = workload::kind(object);
+        if kind == "Service" {
+            service::uninject(object, &Located::new(document, object))
+        } else if workload::pod_template_paths(kind).is_some() {
+            let at = Located::new(document, object);
+            if annotations(object, &at).contains_key(ANNOTATION_INJECTED) {
+                pod::uninject(object, &at)
+            } else {
+                Ok(())
+            }
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// The annotations of the template's metadata (a copy; empty when there are none).
+fn annotations(object: &Value, at: &Located) -> Map<String, Value> {
+    map_at(object, &at.metadata("/annotations"))
+}
+
+/// The labels of the template's metadata.
+fn labels(object: &Value, at: &Located) -> Map<String, Value> {
+    map_at(object, &at.metadata("/labels"))
+}
+
+fn map_at(object: &Value, pointer: &str) -> Map<String, Value> {
+    object
+        .pointer(pointer)
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_defaults_parse() {
+        let options = Options::default();
+        assert_eq!(options.shutdown_delay, Duration::from_secs(15));
+        assert_eq!(options.drain_timeout, Duration::from_secs(30));
+        assert_eq!(options.app_stop_time, Duration::from_secs(5));
+        assert_eq!(options.image, DEFAULT_IMAGE);
+    }
+}

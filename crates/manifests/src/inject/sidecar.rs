@@ -1,0 +1,96 @@
+//! The sidecar container as `inject` adds it: the sidecar's own env names and admin
+//! paths (from the contract crate), probes on its admin port, restricted security.
+
+use std::time::Duration;
+
+use lameduck_contract::{admin, env};
+use serde_json::{Map, Value, json};
+
+use super::{ADMIN_PORT_NAME, Mode, Options, SIDECAR_NAME};
+
+/// How the sidecar is wired to this pod's app.
+pub(super) struct Wiring<'a> {
+    pub(super) token: &'a str,
+    pub(super) app_port: u16,
+    /// The name the app's port had; the sidecar's serving port takes it over.
+    pub(super) port_name: Option<&'a str>,
+    pub(super) app_check: &'a str,
+    pub(super) shutdown_delay: Duration,
+    pub(super) drain_timeout: Duration,
+}
+
+fn seconds_text(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+/// The sidecar container.
+pub(super) fn container(options: &Options, wiring: &Wiring<'_>) -> Value {
+    let var = |name: &str, value: String| json!({"name": name, "value": value});
+    let mut serving = Map::new();
+    if let Some(name) = wiring.port_name {
+        serving.insert("name".to_owned(), json!(name));
+    }
+    serving.insert("containerPort".to_owned(), json!(options.sidecar_port));
+    let mut container = json!({
+        "name": SIDECAR_NAME,
+        "image": options.image,
+        "env": [
+            var(env::LISTEN, format!("0.0.0.0:{}", options.sidecar_port)),
+            var(env::UPSTREAM, format!("127.0.0.1:{}", wiring.app_port)),
+            var(env::ADMIN, format!("0.0.0.0:{}", options.admin_port)),
+            var(env::APP_CHECK, wiring.app_check.to_owned()),
+            var(env::SHUTDOWN_DELAY, seconds_text(wiring.shutdown_delay)),
+            var(env::DRAIN_TIMEOUT, seconds_text(wiring.drain_timeout)),
+            var(env::DRAIN_TOKEN, wiring.token.to_owned()),
+        ],
+        "ports": [Value::Object(serving), {"name": ADMIN_PORT_NAME, "containerPort": options.admin_port}],
+        "readinessProbe": {
+            "httpGet": {"path": admin::READY, "port": ADMIN_PORT_NAME},
+            "periodSeconds": 1,
+            "failureThreshold": 1,
+        },
+    });
+    if let Some(map) = container.as_object_mut() {
+        if options.mode == Mode::Native {
+            // The app starts once the sidecar runs (not once the app is ready: that would deadlock).
+            map.insert(
+                "startupProbe".to_owned(),
+                json!({"httpGet": {"path": admin::LIVE, "port": ADMIN_PORT_NAME}, "periodSeconds": 1, "failureThreshold": 30}),
+            );
+            map.insert("restartPolicy".to_owned(), json!("Always"));
+        }
+        map.insert(
+            "resources".to_owned(),
+            json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}}),
+        );
+        map.insert(
+            "securityContext".to_owned(),
+            json!({
+                "runAsNonRoot": true,
+                "runAsUser": 65532,
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+            }),
+        );
+    }
+    container
+}
+
+/// `http:<path>` when the app's readiness probe is an httpGet on the serving port.
+pub(super) fn app_check_from_probe(app: &Value, port: u16, port_name: Option<&str>) -> String {
+    let Some(get) = app.pointer("/readinessProbe/httpGet") else {
+        return "tcp".to_owned();
+    };
+    let on_port = match get.get("port") {
+        Some(Value::Number(n)) => n.as_u64() == Some(u64::from(port)),
+        Some(Value::String(s)) => {
+            Some(s.as_str()) == port_name || s.parse::<u16>().ok() == Some(port)
+        }
+        _ => false,
+    };
+    match get.get("path").and_then(Value::as_str) {
+        Some(path) if on_port && path.starts_with('/') => format!("http:{path}"),
+        _ => "tcp".to_owned(),
+    }
+}

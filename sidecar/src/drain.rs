@@ -1,0 +1,200 @@
+//! The drain, as two readable sequences.
+//!
+//! [`drive`] moves the phases: wait for the first trigger (SIGTERM, SIGINT or
+//! `/drain`), keep accepting for the shutdown delay while clients are told to go
+//! away, close the listener, wait for what is in flight up to the drain timeout, and
+//! record the outcome.
+//!
+//! [`exit`] decides when the process ends:
+//! 1. A signal starts the drain (or joins a `/drain` one); a second signal during the
+//!    drain ends the process at once ([`Exit::Forced`]).
+//! 2. A drain started by `/drain` that finishes first keeps the process up (the admin
+//!    port answers, `/ready` is 503) until a signal: in a native-sidecar pod the
+//!    kubelet sends it once the app has exited.
+//! 3. After the drain, one more scrape of `/metrics` is waited for, so that the
+//!    outcome reaches Prometheus (bounded, skipped when nobody scrapes, cut short by a
+//!    signal).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::context::Context;
+use crate::lifecycle::{DrainOutcome, Lifecycle, Phase};
+use crate::server;
+use crate::signal::Signals;
+
+/// How the process should end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The drain finished (after a signal).
+    Drained(DrainOutcome),
+    /// A second signal arrived during the drain: exit at once.
+    Forced,
+}
+
+/// Serves `listener` and drains it once triggered; the outcome goes to the lifecycle.
+pub(crate) async fn drive(listener: TcpListener, context: Arc<Context>) {
+    let lifecycle = context.lifecycle.clone();
+    let config = context.config.clone();
+    let metrics = context.metrics.clone();
+    let serving = tokio::spawn(server::serve(listener, context));
+    let cause = lifecycle.drain_triggered().await;
+    let started = Instant::now();
+    info!(cause, shutdown_delay = ?config.shutdown_delay, drain_timeout = ?config.drain_timeout, "drain started");
+    lifecycle.advance(Phase::ShutdownDelay);
+    tokio::time::sleep(config.shutdown_delay).await;
+    lifecycle.advance(Phase::Draining);
+    let outcome = match serving.await {
+        Ok(outcome) => outcome,
+        Err(failure) => {
+            error!(error = %failure, "the serving task failed: the drain's outcome is unknown");
+            DrainOutcome::Failed
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    metrics.record_drain(outcome, seconds);
+    match outcome {
+        DrainOutcome::Drained => info!(seconds, "drain finished: every request completed"),
+        DrainOutcome::TimedOut { cut } => warn!(
+            seconds,
+            requests_cut = cut,
+            "drain finished: requests cut at the drain timeout"
+        ),
+        DrainOutcome::Failed => {}
+    }
+    lifecycle.finish_drain(outcome);
+}
+
+/// The exit sequence (see the module doc); returns once the process should exit.
+pub async fn exit(
+    lifecycle: &Lifecycle,
+    signals: &mut impl Signals,
+    final_scrape_timeout: Duration,
+) -> Exit {
+    let signalled = tokio::select! {
+        signal = signals.next() => {
+            info!(signal = signal.as_str(), "signal received");
+            lifecycle.trigger_drain(signal.as_str());
+            true
+        }
+        _ = lifecycle.drained() => false,
+    };
+    if signalled {
+        tokio::select! {
+            _ = lifecycle.drained() => {}
+            signal = signals.next() => {
+                warn!(signal = signal.as_str(), "second signal during the drain, exiting at once");
+                return Exit::Forced;
+            }
+        }
+    } else {
+        let signal = signals.next().await;
+        info!(signal = signal.as_str(), "signal received after the drain");
+    }
+    let outcome = lifecycle.drained().await;
+    wait_for_final_scrape(lifecycle, final_scrape_timeout, signals).await;
+    Exit::Drained(outcome)
+}
+
+/// Before exiting, lets Prometheus scrape the drain's outcome once: without this the
+/// counters of the last seconds of a pod's life are never seen. Skipped when nothing
+/// ever scraped `/metrics` (nobody is watching) and cut short by another signal.
+async fn wait_for_final_scrape(
+    lifecycle: &Lifecycle,
+    timeout: Duration,
+    signals: &mut impl Signals,
+) {
+    if timeout.is_zero() || !lifecycle.was_scraped() {
+        return;
+    }
+    let waited = Instant::now();
+    tokio::select! {
+        _ = lifecycle.outcome_scraped() => {
+            info!(seconds = waited.elapsed().as_secs_f64(), "final scrape done, exiting");
+        }
+        _ = tokio::time::sleep(timeout) => {
+            info!(?timeout, "no scrape after the drain within the final scrape timeout, exiting");
+        }
+        signal = signals.next() => {
+            info!(signal = signal.as_str(), "signal while waiting for the final scrape, exiting");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::signal::Signal;
+
+    const NO_SCRAPE: Duration = Duration::ZERO;
+
+    #[tokio::test]
+    async fn a_signal_starts_the_drain_and_the_drained_outcome_ends_it() {
+        let lifecycle = Lifecycle::new();
+        let (tx, mut signals) = mpsc::unbounded_channel();
+        let _ = tx.send(Signal::Terminate);
+        let drained = lifecycle.clone();
+        tokio::spawn(async move {
+            assert_eq!(drained.drain_triggered().await, "SIGTERM");
+            drained.finish_drain(DrainOutcome::Drained);
+        });
+        let exit = exit(&lifecycle, &mut signals, NO_SCRAPE).await;
+        assert_eq!(exit, Exit::Drained(DrainOutcome::Drained));
+    }
+
+    #[tokio::test]
+    async fn a_second_signal_during_the_drain_forces_the_exit() {
+        let lifecycle = Lifecycle::new();
+        let (tx, mut signals) = mpsc::unbounded_channel();
+        let _ = tx.send(Signal::Terminate);
+        let _ = tx.send(Signal::Interrupt);
+        let exit = exit(&lifecycle, &mut signals, NO_SCRAPE).await;
+        assert_eq!(exit, Exit::Forced, "the drain never finishes here");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_drain_by_the_admin_port_the_process_stays_up_until_a_signal() {
+        let lifecycle = Lifecycle::new();
+        lifecycle.trigger_drain("/drain");
+        lifecycle.finish_drain(DrainOutcome::TimedOut { cut: 2 });
+        let (tx, mut signals) = mpsc::unbounded_channel();
+        let waiting = exit(&lifecycle, &mut signals, NO_SCRAPE);
+        tokio::pin!(waiting);
+        let early = tokio::time::timeout(Duration::from_secs(60), &mut waiting).await;
+        assert!(early.is_err(), "still up a minute after the drain");
+        let _ = tx.send(Signal::Terminate);
+        assert_eq!(
+            waiting.await,
+            Exit::Drained(DrainOutcome::TimedOut { cut: 2 })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scraped_sidecar_waits_for_the_scrape_that_carries_the_outcome() {
+        let lifecycle = Lifecycle::new();
+        lifecycle.record_scrape(false);
+        let (tx, mut signals) = mpsc::unbounded_channel();
+        let _ = tx.send(Signal::Terminate);
+        let drained = lifecycle.clone();
+        tokio::spawn(async move {
+            drained.drain_triggered().await;
+            drained.finish_drain(DrainOutcome::Drained);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drained.record_scrape(true);
+        });
+        let started = Instant::now();
+        let exit = exit(&lifecycle, &mut signals, Duration::from_secs(30)).await;
+        assert_eq!(exit, Exit::Drained(DrainOutcome::Drained));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(5) && waited < Duration::from_secs(30),
+            "waited {waited:?}"
+        );
+    }
+}

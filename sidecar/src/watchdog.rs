@@ -1,0 +1,176 @@
+//! A client connection's watchdog: two clocks hyper does not keep the way a drain
+//! proxy needs them.
+//!
+//! - Header deadline: from the first byte of a request head to its end (slowloris).
+//!   hyper's own HTTP/1 header timer also runs while a keep-alive connection sits idle,
+//!   which would close idle connections far below any client's pool idle timeout.
+//! - Idle deadline: a keep-alive connection with nothing in flight for the idle
+//!   timeout is closed gracefully.
+//!
+//! The IO reports reads, the requests report their start and end; the connection's
+//! task asks for the next deadline and sleeps until it (or until woken).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// What a connection's watchdog needs to know, updated by the IO and the requests.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    epoch: Instant,
+    pub(crate) h2: AtomicBool,
+    in_flight: AtomicUsize,
+    /// Last time a request finished, ms since `epoch`.
+    last_done_ms: AtomicU64,
+    /// First byte of a pending request head, ms since `epoch` plus one; 0: none.
+    head_started_ms: AtomicU64,
+    pub(crate) wake: Notify,
+}
+
+impl ConnState {
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            h2: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            last_done_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
+            wake: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    /// Bytes arrived from the client.
+    pub(crate) fn on_read(&self) {
+        if self.h2.load(Ordering::Relaxed) || self.in_flight.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        if self
+            .head_started_ms
+            .compare_exchange(0, self.now_ms() + 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A request head was parsed and handed to the proxy.
+    pub(crate) fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started_ms.store(0, Ordering::Release);
+    }
+
+    /// A request's response ended (or was abandoned).
+    pub(crate) fn request_done(&self) {
+        self.last_done_ms.store(self.now_ms(), Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// The next watchdog deadline and what it means.
+    pub(crate) fn next_deadline(
+        &self,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Option<Deadline> {
+        let head = self.head_started_ms.load(Ordering::Acquire);
+        if head != 0 {
+            return Some(Deadline::Header(self.at(head - 1) + header_timeout));
+        }
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            let last = self.last_done_ms.load(Ordering::Acquire);
+            return Some(Deadline::Idle(self.at(last) + idle_timeout));
+        }
+        None
+    }
+}
+
+/// The next thing the watchdog enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// The pending request head must be complete by then.
+    Header(Instant),
+    /// Nothing in flight: the connection is idle-closed then.
+    Idle(Instant),
+}
+
+impl Deadline {
+    pub(crate) fn at(self) -> Instant {
+        match self {
+            Deadline::Header(at) | Deadline::Idle(at) => at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: Duration = Duration::from_secs(10);
+    const IDLE: Duration = Duration::from_secs(3600);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_waits_for_the_idle_timeout_not_the_header_one() {
+        let state = ConnState::new();
+        let opened = Instant::now();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            state.next_deadline(HEADER, IDLE),
+            Some(Deadline::Idle(opened + IDLE))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_header_clock_starts_at_the_first_byte_and_stops_at_the_head() {
+        let state = ConnState::new();
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let first_byte = Instant::now();
+        state.on_read();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        state.on_read();
+        assert_eq!(
+            state.next_deadline(HEADER, IDLE),
+            Some(Deadline::Header(first_byte + HEADER)),
+            "later bytes of the same head do not move it"
+        );
+        state.request_started();
+        assert_eq!(
+            state.next_deadline(HEADER, IDLE),
+            None,
+            "in flight: no deadline"
+        );
+        state.on_read();
+        assert_eq!(
+            state.next_deadline(HEADER, IDLE),
+            None,
+            "bytes behind a request in flight are its body"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let done = Instant::now();
+        state.request_done();
+        assert_eq!(
+            state.next_deadline(HEADER, IDLE),
+            Some(Deadline::Idle(done + IDLE))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_connections_have_no_header_clock() {
+        let state = ConnState::new();
+        state.h2.store(true, Ordering::Relaxed);
+        state.on_read();
+        assert!(matches!(
+            state.next_deadline(HEADER, IDLE),
+            Some(Deadline::Idle(_))
+        ));
+    }
+}
