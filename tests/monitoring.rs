@@ -128,7 +128,7 @@ fn the_dashboard_is_grafana_dashboard_json_over_documented_metrics() {
             }
         }
     }
-    // The panels the issue asks for.
+    // The panels the dashboard must have.
     for wanted in [
         "lameduck_requests_total",
         "lameduck_requests_in_flight",

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => {
             eprintln!("demo-app: invalid configuration: {error:#}");
-            return ExitCode::from(64);
+            return ExitCode::from(lameduck_contract::exit::USAGE);
         }
     };
     match serve(config) {

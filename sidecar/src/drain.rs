@@ -48,13 +48,7 @@ pub(crate) async fn drive(listener: TcpListener, context: Arc<Context>) {
     lifecycle.advance(Phase::ShutdownDelay);
     tokio::time::sleep(config.shutdown_delay).await;
     lifecycle.advance(Phase::Draining);
-    let outcome = match serving.await {
-        Ok(outcome) => outcome,
-        Err(failure) => {
-            error!(error = %failure, "the serving task failed: the drain's outcome is unknown");
-            DrainOutcome::Failed
-        }
-    };
+    let outcome = outcome(serving.await);
     let seconds = started.elapsed().as_secs_f64();
     metrics.record_drain(outcome, seconds);
     match outcome {
@@ -67,6 +61,15 @@ pub(crate) async fn drive(listener: TcpListener, context: Arc<Context>) {
         DrainOutcome::Failed => {}
     }
     lifecycle.finish_drain(outcome);
+}
+
+/// The drain's outcome from the serving task's end: a task that panicked or was
+/// cancelled did not drain, whatever was in flight.
+fn outcome(joined: Result<DrainOutcome, tokio::task::JoinError>) -> DrainOutcome {
+    joined.unwrap_or_else(|failure| {
+        error!(error = %failure, "the serving task failed: the drain's outcome is unknown");
+        DrainOutcome::Failed
+    })
 }
 
 /// The exit sequence (see the module doc); returns once the process should exit.
@@ -146,6 +149,20 @@ mod tests {
         });
         let exit = exit(&lifecycle, &mut signals, NO_SCRAPE).await;
         assert_eq!(exit, Exit::Drained(DrainOutcome::Drained));
+    }
+
+    #[tokio::test]
+    async fn a_panicked_serving_task_is_a_failed_drain_not_a_clean_one() {
+        let panicked = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("the serving task fails");
+            }
+            DrainOutcome::Drained
+        })
+        .await;
+        assert_eq!(outcome(panicked), DrainOutcome::Failed);
+        let served = tokio::spawn(async { DrainOutcome::TimedOut { cut: 1 } }).await;
+        assert_eq!(outcome(served), DrainOutcome::TimedOut { cut: 1 });
     }
 
     #[tokio::test]

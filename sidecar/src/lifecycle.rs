@@ -129,9 +129,6 @@ pub enum DrainOutcome {
 }
 
 impl DrainOutcome {
-    /// Every outcome's metric label.
-    pub const LABELS: [&'static str; 3] = ["drained", "timed_out", "failed"];
-
     /// The metric label of the outcome.
     pub fn as_str(self) -> &'static str {
         match self {

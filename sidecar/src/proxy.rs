@@ -111,23 +111,7 @@ impl Context {
             Ok(Ok((response, lease))) => Ok((response, Some(lease))),
             Ok(Err(error)) => {
                 debug!(error = %error_chain(&error), "upstream request failed");
-                Err(match error {
-                    UpstreamError::ConnectTimeout { .. } => local(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "connecting to the app timed out\n",
-                    ),
-                    UpstreamError::Connect { .. } => {
-                        local(StatusCode::BAD_GATEWAY, "the app refused the connection\n")
-                    }
-                    UpstreamError::Handshake(_) | UpstreamError::Request(_) => local(
-                        StatusCode::BAD_GATEWAY,
-                        "the app closed the connection without answering\n",
-                    ),
-                    UpstreamError::NotSent { .. } => local(
-                        StatusCode::BAD_GATEWAY,
-                        "the app closed every connection before the request could be sent\n",
-                    ),
-                })
+                Err(failed(&error))
             }
             Err(_) => Err(local(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -283,6 +267,27 @@ fn upstream_request(
     Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
 }
 
+/// What the client is told when the request could not be proxied.
+fn failed(error: &UpstreamError) -> Response<Body> {
+    match error {
+        UpstreamError::ConnectTimeout { .. } => local(
+            StatusCode::GATEWAY_TIMEOUT,
+            "connecting to the app timed out\n",
+        ),
+        UpstreamError::Connect { .. } => {
+            local(StatusCode::BAD_GATEWAY, "the app refused the connection\n")
+        }
+        UpstreamError::Handshake(_) | UpstreamError::Request(_) => local(
+            StatusCode::BAD_GATEWAY,
+            "the app closed the connection without answering\n",
+        ),
+        UpstreamError::NotSent { .. } => local(
+            StatusCode::BAD_GATEWAY,
+            "the app closed every connection before the request could be sent\n",
+        ),
+    }
+}
+
 /// A response the sidecar makes itself.
 fn local(status: StatusCode, message: &'static str) -> Response<Body> {
     let mut response = Response::new(full(message));
@@ -408,5 +413,19 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_handed_back_unsent_every_time_is_a_502_not_a_connect_timeout() {
+        let unsent = failed(&UpstreamError::NotSent { attempts: 3 });
+        assert_eq!(unsent.status(), StatusCode::BAD_GATEWAY);
+        let addr = "127.0.0.1:1".parse().expect("addr");
+        let timed_out = failed(&UpstreamError::ConnectTimeout { addr });
+        assert_eq!(timed_out.status(), StatusCode::GATEWAY_TIMEOUT);
     }
 }

@@ -217,6 +217,16 @@ mod tests {
     }
 
     #[test]
+    fn jobs_and_cronjobs_are_linted_like_the_pods_inject_injects() {
+        let yaml = "kind: CronJob\nmetadata: {name: c}\nspec:\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers:\n          - name: a\n            ports: [{containerPort: 80}]\n";
+        assert_eq!(rules(yaml), ["readiness-probe", "pre-stop"]);
+        let job = yaml
+            .replace("CronJob", "Job")
+            .replace("  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers:\n          - name: a\n            ports", "  template:\n    spec:\n      containers:\n      - name: a\n        ports");
+        assert_eq!(rules(&job), ["readiness-probe", "pre-stop"]);
+    }
+
+    #[test]
     fn a_single_replica_that_may_go_unavailable_is_found() {
         let yaml = "kind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 1\n  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}\n  template:\n    spec:\n      terminationGracePeriodSeconds: 60\n      containers:\n      - name: a\n        ports: [{containerPort: 80}]\n        readinessProbe: {tcpSocket: {port: 80}}\n        lifecycle: {preStop: {sleep: {seconds: 5}}}\n";
         assert_eq!(rules(yaml), ["max-unavailable"]);
