@@ -10,7 +10,7 @@ DURATION ?= 30s
 OVERLAYS := plain readiness graceful-shutdown fixed
 KUSTOMIZE ?= $(shell command -v kubectl >/dev/null && echo "kubectl kustomize" || echo "kustomize build")
 
-.PHONY: help demo test test-system lint load deploy show bench render
+.PHONY: help demo test test-system e2e e2e-up e2e-down lint load deploy show bench render
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,7 +22,16 @@ test: ## the tests, with nothing but cargo (README set-up command 2)
 	cargo test --workspace
 
 test-system: ## the system suite (needs kubectl/kustomize, nginx, prometheus...; .ci/run installs them)
-	LAMEDUCK_SYSTEM_TESTS=1 cargo test --workspace -- --ignored
+	LAMEDUCK_SYSTEM_TESTS=1 cargo test --workspace -- --ignored --skip e2e::
+
+e2e: ## real rollouts on a single-node cluster built from source (root; e2e/up, the suite, e2e/down)
+	LAMEDUCK_E2E=1 cargo test --test integration e2e:: -- --ignored --nocapture
+
+e2e-up: ## bring the e2e node up (kubeconfig: e2e/.state/kubeconfig)
+	e2e/up
+
+e2e-down: ## stop the e2e node and remove everything it made
+	e2e/down
 
 lint: ## formatting and clippy, as CI runs them
 	cargo fmt --all -- --check

@@ -5,7 +5,9 @@
 //! `LAMEDUCK_BLESS=1 cargo test --test integration inject` rewrites the golden files.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
+
+use lameduck_test_support::process::output_with_stdin;
 
 use lameduck_manifests::parse_stream;
 use serde_json::Value;
@@ -28,27 +30,10 @@ fn cases() -> Vec<PathBuf> {
 }
 
 fn lameduck(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lameduck"))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running lameduck");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input)
-            .expect("writing stdin");
-    }
-    child.wait_with_output().expect("lameduck output")
+    output_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_lameduck")).args(args),
+        stdin,
+    )
 }
 
 fn extra_args(case: &Path) -> Vec<String> {

@@ -111,3 +111,27 @@ pub fn signal_pid(pid: u32, name: &str) {
     kill(Pid::from_raw(i32::try_from(pid).expect("pid")), signal)
         .unwrap_or_else(|e| panic!("kill -{name} {pid}: {e}"));
 }
+
+/// Runs `command` to its end with `stdin` (or none) and collects its output.
+pub fn output_with_stdin(
+    command: &mut std::process::Command,
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the command");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        pipe.write_all(input).expect("writing stdin");
+    }
+    child.wait_with_output().expect("the command's output")
+}

@@ -1,5 +1,7 @@
 //! The sidecar container as `inject` adds it: the sidecar's own env names and admin
-//! paths (from the contract crate), probes on its admin port, restricted security.
+//! paths (from the contract crate), probes on its admin port, and a security context
+//! that passes the `restricted` Pod Security standard on its own (non-root, no
+//! capabilities, read-only root filesystem, `RuntimeDefault` seccomp).
 
 use std::time::Duration;
 
@@ -71,6 +73,8 @@ pub(super) fn container(options: &Options, wiring: &Wiring<'_>) -> Value {
                 "readOnlyRootFilesystem": true,
                 "allowPrivilegeEscalation": false,
                 "capabilities": {"drop": ["ALL"]},
+                // The restricted Pod Security standard needs it on every container.
+                "seccompProfile": {"type": "RuntimeDefault"},
             }),
         );
     }
