@@ -31,6 +31,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the Deployment controller reconciles.
 const RECONCILE_PERIOD: Duration = Duration::from_millis(10);
+/// Set to print the evidence behind every attributed failure.
+const DEBUG_ENV: &str = "LAMEDUCK_LAB_DEBUG";
 /// The drain token every injected lab pod gets.
 const LAB_DRAIN_TOKEN: &str = "lab-drain-token-0123456789";
 
@@ -342,6 +344,8 @@ fn result(
     rollout_seconds: f64,
 ) -> ScenarioResult {
     let summary = lameduck_load::Summary::of(report);
+    // `LAMEDUCK_LAB_DEBUG=1` prints the evidence behind every failure.
+    let debug = std::env::var_os(DEBUG_ENV).is_some();
     let mut causes: BTreeMap<Cause, u64> = Cause::ALL.iter().map(|c| (*c, 0)).collect();
     let mut requests = Vec::with_capacity(report.records.len());
     for (seq, record) in report.records.iter().enumerate() {
@@ -353,7 +357,7 @@ fn result(
         let done = offset + Duration::from_micros(record.done_us);
         let entry = entries.get(&(seq as u64));
         let cause = attribution::attribute(done, entry, &events);
-        if std::env::var_os("LAMEDUCK_LAB_DEBUG").is_some() {
+        if debug {
             eprintln!(
                 "{scenario} seq {seq} {cause}: status {:?} error {:?} ingress {entry:?}",
                 record.status(),
