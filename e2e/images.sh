@@ -6,6 +6,11 @@
 IMAGE_TOOLS_SOURCES=$(cat "$E2E/image/go.mod" "$E2E/image/go.sum" "$E2E/image/main.go" "$E2E/image/pause/main.go" | sha256sum | cut -c1-12)
 IMAGE_TOOLS="${KUBE_CACHE:-$HOME/.cache/lameduck/kube}/image-$(go env GOVERSION)-$IMAGE_TOOLS_SOURCES"
 
+# The workspace's version: the images' tag.
+project_version() {
+  awk -F'"' '/^version = / {print $2; exit}' "$E2E/../Cargo.toml"
+}
+
 image_tools() {
   [ -x "$IMAGE_TOOLS/image" ] && [ -x "$IMAGE_TOOLS/pause" ] && return 0
   mkdir -p "$IMAGE_TOOLS"
@@ -17,7 +22,7 @@ images() {
   image_tools
   local repo version out="$STATE/images"
   repo=$(cd "$E2E/.." && pwd)
-  version=$(awk -F'"' '/^version = / {print $2; exit}' "$repo/Cargo.toml")
+  version=$(project_version)
   log "building the project's release binaries (version $version)"
   (cd "$repo" && cargo build --release -q -p lameduck -p lameduck-sidecar -p demo-app)
   mkdir -p "$out"

@@ -15,11 +15,13 @@ pki() {
   cert kube-proxy "/CN=system:kube-proxy"
   cert controller-manager "/CN=system:kube-controller-manager"
   cert scheduler "/CN=system:kube-scheduler"
+  cert ingress "/CN=lameduck-e2e:ingress"
   kubeconfig admin
   kubeconfig kubelet
   kubeconfig kube-proxy
   kubeconfig controller-manager
   kubeconfig scheduler
+  kubeconfig ingress
   cp "$STATE/admin.kubeconfig" "$STATE/kubeconfig"
 }
 

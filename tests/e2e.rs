@@ -1,17 +1,25 @@
 //! The opt-in e2e suite (`LAMEDUCK_E2E=1`, as root): a real single-node cluster built
-//! from source (`e2e/up`), the demo rolled under POST load through its Service (the
-//! real kube-proxy), the verdicts, and `e2e/down` leaving nothing behind. `.ci/run`
-//! runs it; selected on its own with
+//! from source (`e2e/up`), the demo rolled under POST load through a real ingress
+//! controller (Traefik), every failure attributed from the watched Pods,
+//! EndpointSlices and Events, the verdicts, and `e2e/down` leaving nothing behind.
+//! `.ci/run` runs it; selected on its own with
 //! `LAMEDUCK_E2E=1 cargo test --test integration e2e:: -- --ignored`.
 
+mod observe;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use lameduck_lab::Cause;
+use lameduck_lab::observed::Watched;
 use lameduck_test_support::process::{output_with_stdin, signal_pid};
 use serde_json::Value;
 
 use crate::system::repo_root;
+use observe::{AccessLog, Rollout, Watch};
 
 /// The env var that opts into this suite.
 const E2E_ENV: &str = "LAMEDUCK_E2E";
@@ -19,6 +27,10 @@ const E2E_ENV: &str = "LAMEDUCK_E2E";
 const RATE: &str = "200";
 /// How long a rollout may take.
 const ROLLOUT_TIMEOUT: &str = "240s";
+/// The ingress's address on the node (e2e/ingress.sh).
+const INGRESS: &str = "198.18.0.1:80";
+/// The ingress's JSON access log, under the repository.
+const ACCESS_LOG: &str = "e2e/.state/logs/ingress-access.json";
 
 fn require_e2e() {
     assert!(
@@ -104,6 +116,49 @@ fn deploy(namespace: &str, manifests: &str) {
         Some(manifests),
     );
     rollout_status(namespace);
+    until_the_ingress_serves_only(namespace);
+}
+
+/// Waits until the only Ingress is `namespace`'s and a POST through it answers 200.
+fn until_the_ingress_serves_only(namespace: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ingresses = json(&["get", "ingress", "-A", "-o", "json"]);
+        let others = ingresses["items"]
+            .as_array()
+            .expect("ingresses")
+            .iter()
+            .any(|i| i["metadata"]["namespace"] != namespace);
+        if !others && ingress_status() == Some(200) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{namespace}: the ingress does not serve it alone"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The status of one POST through the ingress (none: no answer).
+fn ingress_status() -> Option<u16> {
+    let mut stream = TcpStream::connect(INGRESS).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = "POST / HTTP/1.1\r\nHost: e2e\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut head = [0_u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Takes `namespace` out of the ingress (its Ingress deleted, waited for) and deletes
+/// the namespace without waiting for its pods' drains.
+fn retire(namespace: &str) {
+    kubectl(
+        &["delete", "ingress", "--all", "-n", namespace, "--wait=true"],
+        None,
+    );
+    kubectl(&["delete", "namespace", namespace, "--wait=false"], None);
 }
 
 fn rollout_status(namespace: &str) {
@@ -121,36 +176,27 @@ fn rollout_status(namespace: &str) {
     );
 }
 
-/// Rolls the demo to `version` under POST load through its Service; returns the load's
-/// summary (JSON), taken until every old pod is gone, and what a watch of the pods saw
-/// meanwhile.
-fn roll_under_load(namespace: &str, version: &str) -> (Value, String) {
-    let watched = std::env::temp_dir().join(format!("lameduck-e2e-{namespace}-{version}.pods"));
-    let mut watch = watch_pods(namespace, &watched);
-    let ip = kubectl(
-        &[
-            "get",
-            "service",
-            "-n",
-            namespace,
-            "demo-app",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ],
-        None,
+/// Rolls the demo to `version` under POST load through the ingress, watching the
+/// namespace's Pods, EndpointSlices and Events meanwhile; returns the load's summary
+/// (JSON), taken until every old pod is gone, and the rollout as observed, every
+/// failed request attributed.
+fn roll_under_load(namespace: &str, version: &str) -> (Value, Rollout) {
+    let origin = SystemTime::now();
+    let watches = [("pods", false), ("endpointslices", false), ("events", true)].map(
+        |(resource, changes_only)| Watch::start(&kubeconfig(), namespace, resource, changes_only),
     );
-    let summary = std::env::temp_dir().join(format!("lameduck-e2e-{namespace}-{version}.json"));
-    let urls: Vec<String> = ["0", "0.2", "2"]
-        .iter()
-        .map(|wait| format!("http://{ip}/?wait={wait}"))
-        .collect();
+    let access_log = AccessLog::mark(&repo_root().join(ACCESS_LOG));
+    let files = std::env::temp_dir().join(format!("lameduck-e2e-{namespace}-{version}"));
+    let (summary, records) = (files.with_extension("json"), files.with_extension("jsonl"));
     let mut load = Command::new(env!("CARGO_BIN_EXE_lameduck"));
     load.args(["load", "--quiet", "--rate", RATE, "--duration", "600s"])
         .args(["--allow-failures", "1000000", "--json-summary"])
         .arg(&summary)
+        .arg("--output")
+        .arg(&records)
         .stdout(Stdio::null());
-    for url in &urls {
-        load.args(["--url", url]);
+    for wait in ["0", "0.2", "2"] {
+        load.args(["--url", &format!("http://{INGRESS}/?wait={wait}")]);
     }
     let mut load = load.spawn().expect("running lameduck load");
     std::thread::sleep(Duration::from_secs(5));
@@ -174,14 +220,20 @@ fn roll_under_load(namespace: &str, version: &str) -> (Value, String) {
     signal_pid(load.id(), "INT");
     let exited = load.wait().expect("load exit");
     assert_eq!(exited.code(), Some(130), "load stopped by SIGINT");
-    let _ = watch.kill();
-    let _ = watch.wait();
-    let summary = serde_json::from_slice(&std::fs::read(&summary).expect("load summary"))
+    let watched = watches.map(Watch::stop);
+    let summary: Value = serde_json::from_slice(&std::fs::read(&summary).expect("load summary"))
         .expect("summary JSON");
-    (
-        summary,
-        std::fs::read_to_string(&watched).unwrap_or_default(),
-    )
+    let raw = repo_root()
+        .join("target/e2e-results")
+        .join(format!("{namespace}-{version}"));
+    let rollout = Rollout::attribute(origin, watched, &access_log.since_mark(), &records, &raw);
+    eprintln!(
+        "e2e: {namespace} rolled to {version}: {} failed [{}]; {}",
+        failed(&summary),
+        rollout.causes_line(),
+        rollout.lag_line()
+    );
+    (summary, rollout)
 }
 
 /// Waits until no pod of `namespace` is terminating (at most 3 minutes).
@@ -225,17 +277,6 @@ fn assert_no_failed_hook_or_oom(namespace: &str) {
     );
 }
 
-/// Watches the pods of `namespace` (every change, as JSON) until the returned child is killed.
-fn watch_pods(namespace: &str, into: &std::path::Path) -> std::process::Child {
-    Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig())
-        .args(["get", "pods", "-n", namespace, "--watch", "-o", "json"])
-        .stdout(std::fs::File::create(into).expect("watch file"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kubectl --watch")
-}
-
 /// When a container of a pod status terminated (its last terminated state seen).
 fn terminated_at(pod: &Value, list: &str, container: &str) -> Option<i64> {
     pod["status"][list]
@@ -249,13 +290,15 @@ fn terminated_at(pod: &Value, list: &str, container: &str) -> Option<i64> {
 /// For every pod the rollout replaced, from the watched statuses: the app exited at
 /// least `shutdown_delay` after the pod's deletion (the preStop drain held SIGTERM
 /// back), and the native sidecar exited only after the app.
-fn assert_the_drain_holds_the_app_and_the_sidecar_stops_last(watched: &str, shutdown_delay: i64) {
+fn assert_the_drain_holds_the_app_and_the_sidecar_stops_last(
+    watched: &[Watched],
+    shutdown_delay: i64,
+) {
     // The deletion request's time: the first deletionTimestamp seen (a deadline)
     // minus its grace period; the kubelet's final delete later resets both.
     let mut deleted: std::collections::BTreeMap<String, i64> = Default::default();
     let mut last: std::collections::BTreeMap<String, Value> = Default::default();
-    for pod in serde_json::Deserializer::from_str(watched).into_iter::<Value>() {
-        let pod = pod.expect("watched pod JSON");
+    for Watched { object: pod, .. } in watched {
         let Some(name) = pod["metadata"]["name"].as_str().map(str::to_owned) else {
             continue;
         };
@@ -268,7 +311,7 @@ fn assert_the_drain_holds_the_app_and_the_sidecar_stops_last(watched: &str, shut
         {
             deleted.entry(name.clone()).or_insert(deadline - grace);
         }
-        last.insert(name, pod);
+        last.insert(name, pod.clone());
     }
     let mut replaced = 0;
     for (name, deleted) in &deleted {
@@ -329,43 +372,68 @@ fn real_rollouts_plain_loses_and_fixed_and_injected_lose_nothing() {
 
     let plain = manifests("plain");
     deploy("plain", &plain);
-    let lost = failed(&roll_under_load("plain", "2").0);
-    eprintln!("plain: {lost} failed");
-    assert!(lost > 0, "the plain app loses requests on a real rollout");
+    let (summary, rollout) = roll_under_load("plain", "2");
+    assert!(
+        failed(&summary) > 0,
+        "the plain app loses requests on a real rollout"
+    );
+    assert_failures_are_attributed(&summary, &rollout);
+    retire("plain");
 
     deploy("fixed", &manifests("fixed"));
+    let (summary, rollout) = roll_under_load("fixed", "2");
     assert_eq!(
-        failed(&roll_under_load("fixed", "2").0),
+        failed(&summary),
         0,
-        "the classic fixes"
+        "the classic fixes: {}",
+        rollout.causes_line()
     );
     assert_no_failed_hook_or_oom("fixed");
+    retire("fixed");
 
     let native = lameduck(&["inject", "-"], Some(&plain));
     deploy("sidecar", &native);
     for version in ["2", "3", "4"] {
-        let (summary, watched) = roll_under_load("sidecar", version);
+        let (summary, rollout) = roll_under_load("sidecar", version);
         assert_eq!(
             failed(&summary),
             0,
-            "injected, rollout to {version}: {summary}"
+            "injected, rollout to {version}: {summary} [{}]",
+            rollout.causes_line()
         );
-        assert_the_drain_holds_the_app_and_the_sidecar_stops_last(&watched, 10);
+        assert_the_drain_holds_the_app_and_the_sidecar_stops_last(&rollout.pods, 10);
     }
     assert_no_failed_hook_or_oom("sidecar");
+    retire("sidecar");
 
     let classic = lameduck(&["inject", "--mode", "classic", "-"], Some(&plain));
     deploy("classic", &classic);
+    let (summary, rollout) = roll_under_load("classic", "2");
     assert_eq!(
-        failed(&roll_under_load("classic", "2").0),
+        failed(&summary),
         0,
-        "classic sidecar"
+        "classic sidecar: {}",
+        rollout.causes_line()
     );
     assert_no_failed_hook_or_oom("classic");
 
     script("down");
     assert_nothing_left();
     eprintln!("e2e: {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// The plain app's losses have causes: at most a tenth is left as `other` (a failure
+/// with no access-log line, or one the timeline does not explain).
+fn assert_failures_are_attributed(summary: &Value, rollout: &Rollout) {
+    let failed = failed(summary);
+    let attributed: u64 = rollout.causes.values().sum();
+    assert_eq!(attributed, failed, "every failed request gets one cause");
+    let other = rollout.causes.get(&Cause::Other).copied().unwrap_or(0);
+    assert!(
+        other * 10 <= failed,
+        "{other} of {failed} failures unexplained: {}",
+        rollout.causes_line()
+    );
 }
 
 /// No process, device, network namespace, iptables chain or mount of the node is left.

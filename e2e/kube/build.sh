@@ -5,7 +5,7 @@
 #   KUBE_CACHE (default ~/.cache/lameduck/kube): where built binaries are kept.
 set -euo pipefail
 cd "$(dirname "$0")"
-source ./versions.env
+source ../versions.env
 go_version=$(go env GOVERSION)
 sources=$(cat go.mod go.sum main.go | sha256sum | cut -c1-12)
 dir="${KUBE_CACHE:-$HOME/.cache/lameduck/kube}/v${K8S_VERSION}-${go_version}-${sources}"

@@ -5,7 +5,7 @@
 # `go mod tidy` resolves the rest (etcd's server from the same graph).
 set -euo pipefail
 cd "$(dirname "$0")"
-source ./versions.env
+source ../versions.env
 staging="v0.${K8S_VERSION#1.}"
 upstream=$(go mod download -json "k8s.io/kubernetes@v${K8S_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
 [ -f "$upstream" ] || { echo "gen-go-mod: no go.mod for k8s.io/kubernetes@v${K8S_VERSION}" >&2; exit 1; }

@@ -16,10 +16,12 @@
 //! - `cluster`: the pods of a scenario and their addresses;
 //! - `ingress`: the embedded ingress or nginx, both behind one lag model;
 //! - `timeline`: every event on one clock; `attribution`: why each failure happened;
-//! - [`report`] (HTML) and [`prometheus`] (a configuration to watch a run).
+//! - [`report`] (HTML) and [`prometheus`] (a configuration to watch a run);
+//! - [`observed`]: a real cluster's watched Pods, EndpointSlices, Events and ingress
+//!   access log turned into the same timeline, so its failures get the same causes.
 //!
-//! Not for: a real cluster (the controllers and the attribution are pure so that a
-//! cluster's Pods and EndpointSlices can feed them), or for benchmarking.
+//! Not for: running a real cluster (the controllers and the attribution are pure so
+//! that a cluster's Pods and EndpointSlices can feed them), or for benchmarking.
 
 mod attribution;
 mod binaries;
@@ -28,6 +30,7 @@ mod deployment;
 mod endpoints;
 mod ingress;
 mod kubelet;
+pub mod observed;
 pub mod prometheus;
 pub mod report;
 pub mod scenario;
@@ -44,8 +47,9 @@ use serde_json::Value;
 
 pub use attribution::Cause;
 pub use binaries::{Binaries, BinariesError, find_binaries};
-pub use ingress::{IngressError, IngressKind};
+pub use ingress::{Entry, IngressError, IngressKind, Try};
 pub use scenario::{Scenario, ScenarioError, UnknownScenario};
+pub use timeline::{Event, EventKind};
 pub use workload::WorkloadError;
 
 /// Lab settings.

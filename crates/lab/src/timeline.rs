@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 /// Something that happened to a pod, for the timeline and for attribution.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum EventKind {
+pub enum EventKind {
     /// The kubelet created the pod.
     Created,
     /// The app answers requests from now on (its startup delay has passed).
@@ -37,12 +37,13 @@ pub(crate) enum EventKind {
 
 /// One event.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Event {
+pub struct Event {
     /// Since the scenario started.
-    pub(crate) at: Duration,
+    pub at: Duration,
     /// The pod it is about (0: the cluster).
-    pub(crate) pod: usize,
-    pub(crate) kind: EventKind,
+    pub pod: usize,
+    /// What happened.
+    pub kind: EventKind,
 }
 
 /// When `pod` first had an event matching `what`.

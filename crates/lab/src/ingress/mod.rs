@@ -30,21 +30,35 @@ pub enum IngressKind {
 
 /// How one try went.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Try {
+pub enum Try {
     /// The connect failed: nothing was sent.
-    ConnectFailed { pod: usize },
+    ConnectFailed {
+        /// The pod tried.
+        pod: usize,
+    },
     /// The request was sent and failed before a response.
-    SentAndFailed { pod: usize, reused: bool },
+    SentAndFailed {
+        /// The pod it went to.
+        pod: usize,
+        /// On a connection an earlier request had used.
+        reused: bool,
+    },
     /// A response came back.
-    Answered { pod: usize, status: u16 },
+    Answered {
+        /// The pod that answered.
+        pod: usize,
+        /// Its status.
+        status: u16,
+    },
 }
 
 /// What the ingress did with one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Entry {
+pub struct Entry {
     /// When it arrived, on the timeline.
-    pub(crate) at: Duration,
-    pub(crate) tries: Vec<Try>,
+    pub at: Duration,
+    /// Where the ingress sent it, in order.
+    pub tries: Vec<Try>,
 }
 
 /// The ingress could not start.
