@@ -362,6 +362,7 @@ fn real_rollouts_plain_loses_and_fixed_and_injected_lose_nothing() {
     require_e2e();
     let started = Instant::now();
     script("up");
+    eprintln!("e2e: up in {:.0} s", started.elapsed().as_secs_f64());
     let nodes = json(&["get", "nodes", "-o", "json"]);
     let ready = nodes["items"][0]["status"]["conditions"]
         .as_array()
@@ -417,7 +418,9 @@ fn real_rollouts_plain_loses_and_fixed_and_injected_lose_nothing() {
     );
     assert_no_failed_hook_or_oom("classic");
 
+    let down = Instant::now();
     script("down");
+    eprintln!("e2e: down in {:.1} s", down.elapsed().as_secs_f64());
     assert_nothing_left();
     eprintln!("e2e: {:.0} s", started.elapsed().as_secs_f64());
 }
