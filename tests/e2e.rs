@@ -7,14 +7,13 @@
 
 mod observe;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use lameduck_lab::Cause;
 use lameduck_lab::observed::Watched;
+use lameduck_test_support::http::request;
 use lameduck_test_support::process::{output_with_stdin, signal_pid};
 use serde_json::Value;
 
@@ -142,13 +141,15 @@ fn until_the_ingress_serves_only(namespace: &str) {
 
 /// The status of one POST through the ingress (none: no answer).
 fn ingress_status() -> Option<u16> {
-    let mut stream = TcpStream::connect(INGRESS).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = "POST / HTTP/1.1\r\nHost: e2e\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut head = [0_u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let addr = INGRESS.parse().ok()?;
+    let reply = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), request(addr, "POST", "/")).await
+    });
+    reply.ok()?.ok().map(|r| r.status)
 }
 
 /// Takes `namespace` out of the ingress (its Ingress deleted, waited for) and deletes
