@@ -21,6 +21,12 @@ pub enum AppCheck {
         /// Path and query to request.
         path: String,
     },
+    /// The standard gRPC health check (`grpc.health.v1.Health/Check`) answers
+    /// `SERVING`, over HTTP/2 prior knowledge.
+    Grpc {
+        /// The service asked about; empty means the server as a whole.
+        service: String,
+    },
 }
 
 impl FromStr for AppCheck {
@@ -30,6 +36,21 @@ impl FromStr for AppCheck {
         if s == "tcp" {
             return Ok(Self::Tcp);
         }
+        if s == "grpc" {
+            return Ok(Self::Grpc {
+                service: String::new(),
+            });
+        }
+        if let Some(service) = s.strip_prefix("grpc:") {
+            if service.is_empty() || service.contains(|c: char| c.is_whitespace() || c == '/') {
+                return Err(format!(
+                    "app check {s:?} is not valid: expected `grpc` or `grpc:package.Service`"
+                ));
+            }
+            return Ok(Self::Grpc {
+                service: service.to_owned(),
+            });
+        }
         match s.strip_prefix("http:") {
             Some(path) if path.starts_with('/') && !path.contains(char::is_whitespace) => {
                 Ok(Self::Http {
@@ -37,7 +58,7 @@ impl FromStr for AppCheck {
                 })
             }
             _ => Err(format!(
-                "app check {s:?} is not valid: expected `tcp` or `http:/path`"
+                "app check {s:?} is not valid: expected `tcp`, `http:/path`, `grpc` or `grpc:SERVICE`"
             )),
         }
     }
@@ -48,6 +69,52 @@ impl std::fmt::Display for AppCheck {
         match self {
             Self::Tcp => f.write_str("tcp"),
             Self::Http { path } => write!(f, "http:{path}"),
+            Self::Grpc { service } if service.is_empty() => f.write_str("grpc"),
+            Self::Grpc { service } => write!(f, "grpc:{service}"),
+        }
+    }
+}
+
+/// What the serving port speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge) from clients; requests proxied one by one.
+    Http,
+    /// Any TCP protocol (Redis, PostgreSQL, brokers): connections spliced to the app
+    /// byte for byte, drained by connection instead of by request.
+    Tcp,
+}
+
+/// How requests reach the app (HTTP mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over a keep-alive pool, whatever the client spoke.
+    Http1,
+    /// HTTP/2 prior knowledge (h2c), multiplexed over a few connections: gRPC apps
+    /// and other HTTP/2-only servers.
+    H2c,
+    /// The client's own protocol: HTTP/2 clients to the app over h2c, HTTP/1.1 clients
+    /// over HTTP/1.1. The app must serve both on the same port.
+    Auto,
+}
+
+/// The protocol one request goes to the app with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 prior knowledge.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// The protocol a request from a client speaking `version` goes to the app with.
+    pub fn wire(self, version: http::Version) -> Wire {
+        match self {
+            Self::Http1 => Wire::Http1,
+            Self::H2c => Wire::H2c,
+            Self::Auto if version == http::Version::HTTP_2 => Wire::H2c,
+            Self::Auto => Wire::Http1,
         }
     }
 }
@@ -76,10 +143,18 @@ pub struct Args {
     /// The app's address (loopback, in the same pod).
     #[arg(long, env = env::UPSTREAM, default_value = defaults::UPSTREAM)]
     pub upstream: SocketAddr,
+    /// What the serving port speaks: `http`, or `tcp` for apps that are not HTTP.
+    #[arg(long, env = env::PROTOCOL, value_enum, default_value = defaults::PROTOCOL)]
+    pub protocol: Protocol,
+    /// How requests reach the app: `http1`, `h2c` (HTTP/2 prior knowledge, for gRPC)
+    /// or `auto` (the client's protocol; the app must serve both).
+    #[arg(long, env = env::UPSTREAM_PROTOCOL, value_enum, default_value = defaults::UPSTREAM_PROTOCOL)]
+    pub upstream_protocol: UpstreamProtocol,
     /// Admin address: /ready, /live, /metrics, /drain.
     #[arg(long, env = env::ADMIN, default_value = defaults::ADMIN)]
     pub admin: SocketAddr,
-    /// How to tell the app can serve: `tcp`, or `http:/path` (2xx or 3xx).
+    /// How to tell the app can serve: `tcp`, `http:/path` (2xx or 3xx), or `grpc[:SERVICE]`
+    /// (the gRPC health-checking protocol answers SERVING).
     #[arg(long, env = env::APP_CHECK, default_value = defaults::APP_CHECK)]
     pub app_check: AppCheck,
     /// Period of the app check once the app has been ready (every 100 ms before that).
@@ -155,6 +230,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The app.
     pub upstream: SocketAddr,
+    /// What the serving port speaks.
+    pub protocol: Protocol,
+    /// How requests reach the app.
+    pub upstream_protocol: UpstreamProtocol,
     /// Admin address.
     pub admin: SocketAddr,
     /// App check.
@@ -241,6 +320,13 @@ impl Args {
                 });
             }
         }
+        if self.protocol == Protocol::Tcp && !matches!(self.app_check, AppCheck::Tcp) {
+            return Err(ConfigError {
+                name: "--app-check",
+                value: self.app_check.to_string(),
+                reason: "a tcp-mode sidecar can only check that the app accepts connections (`tcp`)",
+            });
+        }
         if self.max_header_size < MIN_MAX_HEADER_SIZE {
             return Err(ConfigError {
                 name: "--max-header-size",
@@ -262,6 +348,8 @@ impl Args {
         Ok(Config {
             listen: self.listen,
             upstream: self.upstream,
+            protocol: self.protocol,
+            upstream_protocol: self.upstream_protocol,
             admin: self.admin,
             app_check: self.app_check,
             app_check_period: positive("--app-check-period", self.app_check_period)?,
@@ -308,8 +396,15 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let error = parse(&["--app-check", "grpc"]).expect_err("bad check");
-        assert!(error.contains("\"grpc\""), "{error}");
+        let error = parse(&["--app-check", "grpc:"]).expect_err("bad check");
+        assert!(error.contains("\"grpc:\""), "{error}");
+        let error = parse(&["--protocol", "tcp", "--app-check", "http:/"]).expect_err("tcp");
+        assert!(
+            error.starts_with("--app-check=http:/ is not valid"),
+            "{error}"
+        );
+        let error = parse(&["--upstream-protocol", "h3"]).expect_err("h3");
+        assert!(error.contains("'h3'"), "{error}");
         let error = parse(&["--drain-timeout", "0s"]).expect_err("zero");
         assert!(
             error.starts_with("--drain-timeout=0ns is not valid"),
@@ -319,6 +414,34 @@ mod tests {
         assert!(error.contains("--admin=0.0.0.0:8000"), "{error}");
         let error = parse(&["--max-header-size", "100"]).expect_err("small");
         assert!(error.contains("--max-header-size=100"), "{error}");
+    }
+
+    #[test]
+    fn grpc_check_names_its_service() {
+        let config = parse(&["--app-check", "grpc"]).expect("grpc check");
+        assert_eq!(config.app_check.to_string(), "grpc");
+        let config = parse(&["--app-check", "grpc:shop.Cart"]).expect("grpc check");
+        assert_eq!(
+            config.app_check,
+            AppCheck::Grpc {
+                service: "shop.Cart".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn auto_follows_the_client() {
+        let auto = UpstreamProtocol::Auto;
+        assert_eq!(auto.wire(http::Version::HTTP_2), Wire::H2c);
+        assert_eq!(auto.wire(http::Version::HTTP_11), Wire::Http1);
+        assert_eq!(
+            UpstreamProtocol::H2c.wire(http::Version::HTTP_11),
+            Wire::H2c
+        );
+        assert_eq!(
+            UpstreamProtocol::Http1.wire(http::Version::HTTP_2),
+            Wire::Http1
+        );
     }
 
     #[test]

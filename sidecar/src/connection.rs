@@ -4,7 +4,9 @@
 //! is driven alongside its watchdog (header and idle deadlines, `crate::watchdog`) and
 //! the phase, whose `shuts_down` says when it is shut down gracefully: HTTP/2 at once
 //! when the drain starts (GOAWAY), HTTP/1 only once the listener has closed (every
-//! response says `Connection: close` meanwhile).
+//! response says `Connection: close` meanwhile). A GOAWAY the app sends on one of its
+//! HTTP/2 connections is relayed as a graceful shutdown of every HTTP/2 client
+//! connection. HTTP/1.1 header names keep their case both ways.
 
 use std::future::Future;
 use std::io;
@@ -24,20 +26,76 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::context::Context;
+use crate::h2_frames::{CLIENT_PREFACE, GoawayScan, StrayWindowUpdates};
 use crate::watchdog::{ConnState, Deadline};
 
 type TaskContext<'a> = std::task::Context<'a>;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_PREFACE: &[u8] = CLIENT_PREFACE;
+/// Bytes read from an HTTP/2 client at a time (before the frame filter).
+const H2_READ_CHUNK: usize = 16 * 1024;
 /// The most concurrent HTTP/2 streams per connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// The client socket, replaying sniffed bytes first and reporting reads to the watchdog.
+/// On HTTP/2 its bytes pass through the GOAWAY bookkeeping of `crate::h2_frames`.
 struct ClientIo {
     prefix: Bytes,
     stream: TcpStream,
     state: Arc<ConnState>,
+    h2: Option<H2Frames>,
+}
+
+/// The HTTP/2 frames seen on a client connection, both ways.
+struct H2Frames {
+    /// Our writes, scanned for GOAWAY.
+    sent: GoawayScan,
+    /// The last stream id of the last GOAWAY we sent (`u32::MAX`: none yet).
+    last_stream_id: u32,
+    /// The client's bytes, minus stray WINDOW_UPDATEs.
+    received: StrayWindowUpdates,
+    /// Filtered bytes not yet handed to hyper.
+    pending: BytesMut,
+}
+
+impl H2Frames {
+    fn new() -> Self {
+        Self {
+            sent: GoawayScan::frames(),
+            last_stream_id: u32::MAX,
+            received: StrayWindowUpdates::new(),
+            pending: BytesMut::new(),
+        }
+    }
+
+    fn wrote(&mut self, bytes: &[u8]) {
+        if let Some(last) = self.sent.feed(bytes) {
+            self.last_stream_id = last;
+        }
+    }
+}
+
+impl ClientIo {
+    /// Reads from the sniffed prefix, else the socket.
+    fn poll_raw(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.state.on_read();
+        }
+        polled
+    }
 }
 
 impl AsyncRead for ClientIo {
@@ -47,18 +105,27 @@ impl AsyncRead for ClientIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
+        if this.h2.is_none() {
+            return this.poll_raw(cx, buf);
         }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.state.on_read();
+        let mut raw = [std::mem::MaybeUninit::<u8>::uninit(); H2_READ_CHUNK];
+        loop {
+            if let Some(frames) = this.h2.as_mut().filter(|f| !f.pending.is_empty()) {
+                let n = frames.pending.len().min(buf.remaining());
+                buf.put_slice(&frames.pending.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            let mut read = ReadBuf::uninit(&mut raw);
+            std::task::ready!(this.poll_raw(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(())); // end of stream
+            }
+            if let Some(frames) = this.h2.as_mut() {
+                frames
+                    .received
+                    .filter(read.filled(), frames.last_stream_id, &mut frames.pending);
+            }
         }
-        polled
     }
 }
 
@@ -68,7 +135,12 @@ impl AsyncWrite for ClientIo {
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(frames)) = (&polled, this.h2.as_mut()) {
+            frames.wrote(&buf[..*n]);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -76,7 +148,20 @@ impl AsyncWrite for ClientIo {
         cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Some(frames)) = (&polled, this.h2.as_mut()) {
+            let mut left = *n;
+            for slice in bufs {
+                let take = left.min(slice.len());
+                frames.wrote(&slice[..take]);
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -139,6 +224,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, context: Arc<
         prefix,
         stream,
         state: state.clone(),
+        h2: h2.then(H2Frames::new),
     });
     let service = {
         let context = context.clone();
@@ -169,6 +255,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, context: Arc<
         let mut builder = http1::Builder::new();
         builder
             .keep_alive(true)
+            .preserve_header_case(true)
             .header_read_timeout(None)
             .max_buf_size(
                 context
@@ -204,7 +291,13 @@ async fn drive<C>(
     let mut phase = context.lifecycle.watch_phase();
     let shuts_down = |p: crate::lifecycle::Phase| p.shuts_down(h2);
     let mut closing = false;
-    if shuts_down(*phase.borrow_and_update()) {
+    let mut app_goaways = context.app_goaways.clone();
+    app_goaways.borrow_and_update();
+    let mut relay = h2;
+    let accepted_in = *phase.borrow_and_update();
+    // Set while a connection accepted during the shutdown delay awaits its first request.
+    let goaway_after_first_request = h2 && accepted_in.h2_goaway_after_first_request();
+    if shuts_down(accepted_in) && !goaway_after_first_request {
         graceful(connection.as_mut());
         closing = true;
     }
@@ -227,7 +320,21 @@ async fn drive<C>(
                     closing = true;
                 }
             }
-            _ = state.wake.notified() => {}
+            changed = app_goaways.changed(), if relay && !closing => {
+                relay = changed.is_ok();
+                if relay {
+                    debug!("the app sent GOAWAY, relaying it");
+                    context.metrics.goaways_relayed.inc();
+                    graceful(connection.as_mut());
+                    closing = true;
+                }
+            }
+            _ = state.wake.notified() => {
+                if goaway_after_first_request && !closing && state.first_request_seen() {
+                    graceful(connection.as_mut());
+                    closing = true;
+                }
+            }
             _ = tokio::time::sleep_until(wake_at) => {
                 match state.next_deadline(config.header_read_timeout, config.idle_timeout) {
                     Some(Deadline::Header(at)) if at <= Instant::now() => {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,6 +24,8 @@ pub(crate) struct Context {
     pub(crate) tasks: TaskTracker,
     /// Cancelled at the drain timeout: everything still open is cut.
     pub(crate) cut: CancellationToken,
+    /// Changes each time the app sends GOAWAY (relayed to HTTP/2 clients).
+    pub(crate) app_goaways: watch::Receiver<u64>,
 }
 
 impl Context {
@@ -34,6 +37,7 @@ impl Context {
             metrics.clone(),
         );
         Self {
+            app_goaways: upstream.app_goaways(),
             upstream: Arc::new(upstream),
             config,
             lifecycle,

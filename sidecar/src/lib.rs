@@ -9,14 +9,18 @@
 //!   listener and lets in-flight requests finish, up to the drain timeout;
 //! - exports Prometheus metrics about all of it.
 //!
-//! It is not a general-purpose proxy: one app, on loopback, plain HTTP. TLS, routing,
-//! retries of requests that reached the app, and load balancing are out of scope.
+//! It speaks HTTP/1.1 and HTTP/2 (prior knowledge) to clients, and HTTP/1.1, HTTP/2
+//! (h2c, for gRPC apps) or the client's own protocol to the app; apps that are not
+//! HTTP get a layer-4 drain (`--protocol tcp`: connections instead of requests).
+//!
+//! It is not a general-purpose proxy: one app, on loopback, no TLS. Routing, retries
+//! of requests that reached the app, and load balancing are out of scope.
 //!
 //! Where things are: `lifecycle` (the phases and what each means), `drain` (the drain
 //! and exit sequences), `signal`, `config`, `metrics`; the serving port is `server`
 //! (accept) → `connection` (one client connection, with its `watchdog`) → `proxy`
 //! (one request) → `upstream` (the pool to the app), sharing one `context`; the admin
-//! port is `admin`, the readiness gate `app_check`.
+//! port is `admin`, the readiness gate `app_check`; TCP mode is `tcp`.
 
 pub mod config;
 pub mod drain;
@@ -29,8 +33,10 @@ mod admin;
 mod app_check;
 mod connection;
 mod context;
+mod h2_frames;
 mod proxy;
 mod server;
+mod tcp;
 mod watchdog;
 
 use std::net::SocketAddr;
@@ -83,7 +89,14 @@ pub async fn run(
     let admin_listener = bind("admin", config.admin).await?;
     let listen = listener.local_addr().unwrap_or(config.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin);
-    info!(%listen, admin = %admin_addr, upstream = %config.upstream, "bound");
+    info!(
+        %listen,
+        admin = %admin_addr,
+        upstream = %config.upstream,
+        protocol = ?config.protocol,
+        upstream_protocol = ?config.upstream_protocol,
+        "bound"
+    );
 
     let lifecycle = Lifecycle::new();
     tokio::spawn(watch_phase(lifecycle.clone(), metrics.clone()));

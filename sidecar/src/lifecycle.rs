@@ -62,7 +62,7 @@ impl Phase {
 /// |---|---|---|---|---|---|---|
 /// | `Starting` | yes | yes | no | no | no | fast |
 /// | `Serving` | no | yes | no | no | no | period |
-/// | `ShutdownDelay` | no | yes | yes | yes | HTTP/2 only | period |
+/// | `ShutdownDelay` | no | yes | yes | yes (new connections: after their first request) | HTTP/2 only | period |
 /// | `Draining` | no | no | yes | yes | yes | period |
 /// | `Drained` | no | no | yes | yes | yes | period |
 ///
@@ -99,6 +99,15 @@ impl Phase {
         } else {
             !self.accepts()
         }
+    }
+
+    /// An HTTP/2 connection accepted in this phase is told GOAWAY once its first
+    /// request has arrived, not at once. A GOAWAY that races a client's connection
+    /// set-up can strand the client's calls on a connection it never uses (seen with
+    /// grpc-core: calls hung until their deadline); after a first request the
+    /// client is surely set up, and the GOAWAY it then gets is an ordinary one.
+    pub fn h2_goaway_after_first_request(self) -> bool {
+        self == Phase::ShutdownDelay
     }
 
     /// The app is checked every 100 ms instead of every period, so held requests

@@ -24,6 +24,15 @@ pub const RETRY_IDEMPOTENT: &str = "idempotent";
 /// The `reason` label values of `lameduck_upstream_retries_total`.
 pub const RETRY_REASONS: [&str; 2] = [RETRY_NOT_SENT, RETRY_IDEMPOTENT];
 
+/// How a TCP-mode connection ended: either side closed it.
+pub const TCP_CLOSED: &str = "closed";
+/// How a TCP-mode connection ended: still open at the drain timeout.
+pub const TCP_CUT: &str = "cut";
+/// How a TCP-mode connection ended: the app could not be reached for it.
+pub const TCP_APP_UNREACHABLE: &str = "app_unreachable";
+/// The `outcome` label values of `lameduck_tcp_connections_total`.
+pub const TCP_OUTCOMES: [&str; 3] = [TCP_CLOSED, TCP_CUT, TCP_APP_UNREACHABLE];
+
 /// Every metric the sidecar exports. See docs/metrics.md.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -55,6 +64,12 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Client connections closed for sending headers too slowly.
     pub header_read_timeouts: IntCounter,
+    /// HTTP/2 connections to the app on which the app sent GOAWAY.
+    pub app_goaways: IntCounter,
+    /// Client HTTP/2 connections sent GOAWAY because the app sent one.
+    pub goaways_relayed: IntCounter,
+    /// TCP-mode connections, by the phase they were accepted in and how they ended.
+    pub tcp_connections: IntCounterVec,
 }
 
 impl Metrics {
@@ -126,7 +141,7 @@ impl Metrics {
             )?,
             requests_cut: IntCounter::new(
                 "lameduck_requests_cut_total",
-                "Requests still in flight when the drain timeout passed.",
+                "Requests (in TCP mode: connections) still in flight when the drain timeout passed.",
             )?,
             connections_open: IntGauge::new(
                 "lameduck_connections_open",
@@ -135,6 +150,21 @@ impl Metrics {
             header_read_timeouts: IntCounter::new(
                 "lameduck_header_read_timeouts_total",
                 "Client connections closed for not sending a request head within the header read timeout.",
+            )?,
+            app_goaways: IntCounter::new(
+                "lameduck_app_goaways_total",
+                "HTTP/2 connections to the app on which the app sent GOAWAY.",
+            )?,
+            goaways_relayed: IntCounter::new(
+                "lameduck_goaways_relayed_total",
+                "Client HTTP/2 connections sent GOAWAY because the app sent one.",
+            )?,
+            tcp_connections: IntCounterVec::new(
+                Opts::new(
+                    "lameduck_tcp_connections_total",
+                    "TCP-mode connections, by the phase they were accepted in and how they ended (closed, cut, app_unreachable).",
+                ),
+                &["phase", "outcome"],
             )?,
         };
         registry.register(Box::new(metrics.requests.clone()))?;
@@ -151,6 +181,9 @@ impl Metrics {
         registry.register(Box::new(metrics.requests_cut.clone()))?;
         registry.register(Box::new(metrics.connections_open.clone()))?;
         registry.register(Box::new(metrics.header_read_timeouts.clone()))?;
+        registry.register(Box::new(metrics.app_goaways.clone()))?;
+        registry.register(Box::new(metrics.goaways_relayed.clone()))?;
+        registry.register(Box::new(metrics.tcp_connections.clone()))?;
         // Pre-create label values so every series exists from the start.
         for phase in Phase::ALL {
             metrics.phase.with_label_values(&[phase.as_str()]).set(0);
@@ -163,6 +196,13 @@ impl Metrics {
         for phase in Phase::ALL.iter().filter(|p| **p != Phase::Drained) {
             for class in ["2xx", "3xx", "4xx", "5xx"] {
                 metrics.requests.with_label_values(&[class, phase.as_str()]);
+            }
+        }
+        for phase in Phase::ALL.iter().filter(|p| p.accepts()) {
+            for outcome in TCP_OUTCOMES {
+                metrics
+                    .tcp_connections
+                    .with_label_values(&[phase.as_str(), outcome]);
             }
         }
         for reason in RETRY_REASONS {

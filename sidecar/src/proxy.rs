@@ -1,6 +1,12 @@
 //! One request through the sidecar: hold while the app starts, clean the headers,
-//! forward, and account for the request until the last byte of its response. What
-//! holding and `Connection: close` depend on is the phase's (`lifecycle`).
+//! forward over the protocol the configuration picks for it (`config::Wire`), and
+//! account for the request until the last byte of its response. What holding and
+//! `Connection: close` depend on is the phase's (`lifecycle`).
+//!
+//! gRPC requests (`content-type: application/grpc…`) keep `TE: trailers`, are timed
+//! by their own `grpc-timeout` instead of `--upstream-timeout` (a stream may rightly
+//! wait long for its first message), and failures the sidecar answers itself are
+//! gRPC statuses (`UNAVAILABLE`, `DEADLINE_EXCEEDED`) that gRPC clients understand.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::config::Wire;
 use crate::context::Context;
 use crate::lifecycle::Phase;
 use crate::metrics::code_class;
@@ -35,6 +42,13 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// gRPC status `DEADLINE_EXCEEDED`.
+const GRPC_DEADLINE_EXCEEDED: u8 = 4;
+/// gRPC status `UNAVAILABLE`: the client may retry elsewhere.
+const GRPC_UNAVAILABLE: u8 = 14;
 
 // === impl Context: one request ===
 
@@ -48,15 +62,18 @@ impl Context {
     ) -> Response<Body> {
         let guard = RequestGuard::start(self.clone(), conn);
         let downstream_version = request.version();
-        let upgrade = (downstream_version == Version::HTTP_11)
+        let wire = self.config.upstream_protocol.wire(downstream_version);
+        let upgrade = (downstream_version == Version::HTTP_11 && wire == Wire::Http1)
             .then(|| upgrade_protocol(request.headers()))
             .flatten();
         let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let grpc = is_grpc(request.headers());
 
-        let mut response = match self.forward(request, peer, upgrade).await {
+        let mut response = match self.forward(request, peer, upgrade, wire).await {
             Ok((response, lease)) => self.relay(response, lease, on_upgrade),
-            Err(response) => response,
+            Err(failure) => failure.response(grpc),
         };
+        *response.version_mut() = downstream_version;
         if downstream_version < Version::HTTP_2 && self.lifecycle.phase().h1_connection_close() {
             // Tell HTTP/1 clients to take their next request elsewhere.
             response
@@ -83,7 +100,8 @@ impl Context {
         request: Request<Incoming>,
         peer: SocketAddr,
         upgrade: Option<HeaderValue>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), Response<Body>> {
+        wire: Wire,
+    ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
         let arrived = Instant::now();
         let mut hold_until = None;
         if self.lifecycle.phase().holds_requests() {
@@ -94,29 +112,28 @@ impl Context {
                 .is_err()
             {
                 self.metrics.startup_hold_expired.inc();
-                return Err(local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the app did not become ready within the startup hold\n",
-                ));
+                return Err(Failure::StartupHoldExpired);
             }
             hold_until = Some(deadline);
         }
-        let request = upstream_request(request, peer, upgrade);
-        let sent = tokio::time::timeout(
-            self.config.upstream_timeout,
-            self.upstream.send(request, hold_until),
-        )
-        .await;
+        let timeout = if is_grpc(request.headers()) {
+            grpc_timeout(request.headers())
+        } else {
+            Some(self.config.upstream_timeout)
+        };
+        let request = upstream_request(request, peer, upgrade, wire, self.config.upstream);
+        let send = self.upstream.send(request, hold_until, wire);
+        let sent = match timeout {
+            Some(timeout) => tokio::time::timeout(timeout, send).await,
+            None => Ok(send.await),
+        };
         match sent {
-            Ok(Ok((response, lease))) => Ok((response, Some(lease))),
+            Ok(Ok(sent)) => Ok(sent),
             Ok(Err(error)) => {
                 debug!(error = %error_chain(&error), "upstream request failed");
-                Err(failed(&error))
+                Err(Failure::Upstream(error))
             }
-            Err(_) => Err(local(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the app did not answer in time\n",
-            )),
+            Err(_) => Err(Failure::NoAnswerInTime),
         }
     }
 
@@ -223,15 +240,25 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The request as the app should see it: origin-form URI, HTTP/1.1, a Host header,
-/// hop-by-hop headers removed, `x-forwarded-for` and `x-forwarded-proto` added.
+/// The request as the app should see it: hop-by-hop headers removed (but `TE:
+/// trailers` kept), `x-forwarded-for` and `x-forwarded-proto` added; for HTTP/1.1 an
+/// origin-form URI and a Host header, for HTTP/2 an absolute URI carrying the
+/// authority (`:scheme`, `:authority`) and no Host header.
 fn upstream_request(
     request: Request<Incoming>,
     peer: SocketAddr,
     upgrade: Option<HeaderValue>,
+    wire: Wire,
+    app: SocketAddr,
 ) -> Request<Body> {
     let (mut parts, body) = request.into_parts();
+    let trailers = accepts_trailers(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
+    if trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(protocol) = upgrade {
         parts
             .headers
@@ -262,41 +289,155 @@ fn upstream_request(
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
-    parts.version = Version::HTTP_11;
+    match wire {
+        Wire::Http1 => {
+            parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+            parts.version = Version::HTTP_11;
+        }
+        Wire::H2c => {
+            let authority = parts
+                .headers
+                .remove(header::HOST)
+                .and_then(|host| host.to_str().map(str::to_owned).ok())
+                .unwrap_or_else(|| app.to_string());
+            parts.uri = Uri::builder()
+                .scheme("http")
+                .authority(authority.as_str())
+                .path_and_query(path)
+                .build()
+                .or_else(|_| {
+                    Uri::builder()
+                        .scheme("http")
+                        .authority(app.to_string().as_str())
+                        .path_and_query(path)
+                        .build()
+                })
+                .unwrap_or_else(|_| Uri::from_static("/"));
+            parts.version = Version::HTTP_2;
+        }
+    }
     Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
 }
 
-/// What the client is told when the request could not be proxied.
-fn failed(error: &UpstreamError) -> Response<Body> {
-    match error {
-        UpstreamError::ConnectTimeout { .. } => local(
-            StatusCode::GATEWAY_TIMEOUT,
-            "connecting to the app timed out\n",
-        ),
-        UpstreamError::Connect { .. } => {
-            local(StatusCode::BAD_GATEWAY, "the app refused the connection\n")
-        }
-        UpstreamError::Handshake(_) | UpstreamError::Request(_) => local(
-            StatusCode::BAD_GATEWAY,
-            "the app closed the connection without answering\n",
-        ),
-        UpstreamError::NotSent { .. } => local(
-            StatusCode::BAD_GATEWAY,
-            "the app closed every connection before the request could be sent\n",
-        ),
-    }
+/// Whether the client said it accepts trailers (`TE: trailers`, as gRPC requires).
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| {
+            token
+                .split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
 }
 
-/// A response the sidecar makes itself.
-fn local(status: StatusCode, message: &'static str) -> Response<Body> {
-    let mut response = Response::new(full(message));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+/// Whether a request is gRPC (`application/grpc`, `application/grpc+proto`, ...).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.strip_prefix("application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+        })
+}
+
+/// A gRPC request's deadline from its `grpc-timeout` header (`<digits><unit>`, units
+/// H M S m u n); none when absent or malformed: the client's deadline governs.
+fn grpc_timeout(headers: &HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Why the sidecar answers a request itself.
+#[derive(Debug)]
+enum Failure {
+    /// The app did not pass its check within the startup hold.
+    StartupHoldExpired,
+    /// The app did not send response headers within the timeout.
+    NoAnswerInTime,
+    /// The request could not be sent or answered.
+    Upstream(UpstreamError),
+}
+
+impl Failure {
+    /// The HTTP status and the message of the answer.
+    fn status_and_message(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::StartupHoldExpired => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the app did not become ready within the startup hold",
+            ),
+            Self::NoAnswerInTime => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the app did not answer in time",
+            ),
+            Self::Upstream(UpstreamError::ConnectTimeout { .. }) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "connecting to the app timed out",
+            ),
+            Self::Upstream(UpstreamError::Connect { .. }) => {
+                (StatusCode::BAD_GATEWAY, "the app refused the connection")
+            }
+            Self::Upstream(UpstreamError::Handshake(_) | UpstreamError::Request(_)) => (
+                StatusCode::BAD_GATEWAY,
+                "the app closed the connection without answering",
+            ),
+            Self::Upstream(UpstreamError::NotSent { .. }) => (
+                StatusCode::BAD_GATEWAY,
+                "the app closed every connection before the request could be sent",
+            ),
+        }
+    }
+
+    /// The answer: plain text, or for gRPC a trailers-only response with the gRPC
+    /// status a client expects (`DEADLINE_EXCEEDED` for a timeout, else `UNAVAILABLE`).
+    fn response(&self, grpc: bool) -> Response<Body> {
+        let (status, message) = self.status_and_message();
+        if !grpc {
+            let mut response = Response::new(full(format!("{message}\n")));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return response;
+        }
+        let code = if matches!(self, Self::NoAnswerInTime) {
+            GRPC_DEADLINE_EXCEEDED
+        } else {
+            GRPC_UNAVAILABLE
+        };
+        let mut response = Response::new(crate::upstream::empty());
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(code)));
+        // grpc-message is percent-encoded; these messages are plain ASCII words.
+        if let Ok(value) = HeaderValue::from_str(&message.replace(' ', "%20")) {
+            headers.insert(GRPC_MESSAGE, value);
+        }
+        response
+    }
 }
 
 /// Counts one request from its head to the end (or abandonment) of its response.
@@ -422,10 +563,73 @@ mod tests {
 
     #[test]
     fn a_request_handed_back_unsent_every_time_is_a_502_not_a_connect_timeout() {
-        let unsent = failed(&UpstreamError::NotSent { attempts: 3 });
+        let unsent = Failure::Upstream(UpstreamError::NotSent { attempts: 3 }).response(false);
         assert_eq!(unsent.status(), StatusCode::BAD_GATEWAY);
         let addr = "127.0.0.1:1".parse().expect("addr");
-        let timed_out = failed(&UpstreamError::ConnectTimeout { addr });
+        let timed_out = Failure::Upstream(UpstreamError::ConnectTimeout { addr }).response(false);
         assert_eq!(timed_out.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn grpc_clients_get_grpc_statuses_from_the_sidecar() {
+        let addr = "127.0.0.1:1".parse().expect("addr");
+        let refused = Failure::Upstream(UpstreamError::Connect {
+            addr,
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        })
+        .response(true);
+        assert_eq!(refused.status(), StatusCode::OK);
+        assert_eq!(refused.headers()["grpc-status"], "14");
+        assert_eq!(
+            refused.headers()["grpc-message"],
+            "the%20app%20refused%20the%20connection"
+        );
+        let late = Failure::NoAnswerInTime.response(true);
+        assert_eq!(late.headers()["grpc-status"], "4");
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn grpc_requests_are_recognised_and_timed_by_their_own_deadline() {
+        use std::time::Duration;
+        assert!(is_grpc(&headers(&[("content-type", "application/grpc")])));
+        assert!(is_grpc(&headers(&[(
+            "content-type",
+            "application/grpc+proto"
+        )])));
+        assert!(!is_grpc(&headers(&[(
+            "content-type",
+            "application/grpc-web"
+        )])));
+        assert!(!is_grpc(&headers(&[("content-type", "application/json")])));
+        let timeout = |v| grpc_timeout(&headers(&[("grpc-timeout", v)]));
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout("99999999S"), Some(Duration::from_secs(99_999_999)));
+        assert_eq!(timeout("123456789S"), None, "at most 8 digits");
+        assert_eq!(timeout("10x"), None);
+        assert_eq!(timeout("S"), None);
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn te_trailers_is_kept_and_nothing_else_of_te() {
+        assert!(accepts_trailers(&headers(&[("te", "trailers")])));
+        assert!(accepts_trailers(&headers(&[(
+            "te",
+            "gzip, Trailers;q=0.5"
+        )])));
+        assert!(!accepts_trailers(&headers(&[("te", "gzip")])));
     }
 }

@@ -1,5 +1,6 @@
 //! The serving port: accept while the phase accepts, then wait for every connection
-//! and tunnel, cutting what is left at the drain timeout.
+//! and tunnel, cutting what is left at the drain timeout. Each connection is served
+//! as HTTP (`connection`) or spliced as TCP (`tcp`).
 
 use std::sync::Arc;
 
@@ -7,9 +8,10 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::connection;
+use crate::config::Protocol;
 use crate::context::Context;
 use crate::lifecycle::DrainOutcome;
+use crate::{connection, tcp};
 
 /// Accepts connections until the phase reaches `Draining`, then waits for every
 /// connection and tunnel to finish, cutting them at the drain timeout.
@@ -22,8 +24,12 @@ pub(crate) async fn serve(listener: TcpListener, context: Arc<Context>) -> Drain
                     let for_connection = context.clone();
                     let open = context.metrics.connections_open.clone();
                     open.inc();
+                    let protocol = context.config.protocol;
                     context.tasks.spawn(async move {
-                        connection::serve(stream, peer, for_connection).await;
+                        match protocol {
+                            Protocol::Http => connection::serve(stream, peer, for_connection).await,
+                            Protocol::Tcp => tcp::serve(stream, peer, for_connection).await,
+                        }
                         open.dec();
                     });
                 }
@@ -52,7 +58,12 @@ pub(crate) async fn serve(listener: TcpListener, context: Arc<Context>) -> Drain
     {
         return DrainOutcome::Drained;
     }
-    let cut = u64::try_from(context.metrics.requests_in_flight.get()).unwrap_or(0);
+    // What is cut: requests in HTTP mode, connections in TCP mode.
+    let open = match context.config.protocol {
+        Protocol::Http => context.metrics.requests_in_flight.get(),
+        Protocol::Tcp => context.metrics.connections_open.get(),
+    };
+    let cut = u64::try_from(open).unwrap_or(0);
     warn!(
         requests_cut = cut,
         connections = context.metrics.connections_open.get(),

@@ -22,6 +22,8 @@ pub(crate) struct ConnState {
     epoch: Instant,
     pub(crate) h2: AtomicBool,
     in_flight: AtomicUsize,
+    /// Whether a request has started on this connection yet.
+    first_request_seen: AtomicBool,
     /// Last time a request finished, ms since `epoch`.
     last_done_ms: AtomicU64,
     /// First byte of a pending request head, ms since `epoch` plus one; 0: none.
@@ -35,6 +37,7 @@ impl ConnState {
             epoch: Instant::now(),
             h2: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            first_request_seen: AtomicBool::new(false),
             last_done_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
             wake: Notify::new(),
@@ -67,6 +70,14 @@ impl ConnState {
     pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started_ms.store(0, Ordering::Release);
+        if !self.first_request_seen.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether a request has started on this connection.
+    pub(crate) fn first_request_seen(&self) -> bool {
+        self.first_request_seen.load(Ordering::Acquire)
     }
 
     /// A request's response ended (or was abandoned).

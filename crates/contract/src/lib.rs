@@ -46,6 +46,10 @@ pub mod env {
     pub const IDLE_TIMEOUT: &str = "LAMEDUCK_IDLE_TIMEOUT";
     /// Largest accepted request head.
     pub const MAX_HEADER_SIZE: &str = "LAMEDUCK_MAX_HEADER_SIZE";
+    /// What the serving port speaks: `http` (HTTP/1.1 and HTTP/2) or `tcp` (layer 4).
+    pub const PROTOCOL: &str = "LAMEDUCK_PROTOCOL";
+    /// How requests reach the app: `http1`, `h2c` (HTTP/2 prior knowledge) or `auto`.
+    pub const UPSTREAM_PROTOCOL: &str = "LAMEDUCK_UPSTREAM_PROTOCOL";
     /// Log format (`text` or `json`).
     pub const LOG_FORMAT: &str = "LAMEDUCK_LOG_FORMAT";
     /// Log filter, in `tracing-subscriber`'s `EnvFilter` syntax.
@@ -74,6 +78,10 @@ pub mod defaults {
     pub const UPSTREAM: &str = "127.0.0.1:8080";
     /// Admin address (`/ready`, `/live`, `/metrics`, `/drain`).
     pub const ADMIN: &str = "0.0.0.0:9901";
+    /// What the serving port speaks.
+    pub const PROTOCOL: &str = "http";
+    /// How requests reach the app.
+    pub const UPSTREAM_PROTOCOL: &str = "http1";
     /// App check.
     pub const APP_CHECK: &str = "tcp";
     /// App check period once the app has been ready.

@@ -1,4 +1,4 @@
-//! Connections to the app: a small HTTP/1.1 keep-alive pool with exact retry rules.
+//! HTTP/1.1 to the app: a keep-alive pool with exact retry rules.
 //!
 //! A request is sent again on a fresh connection only when nothing of it was written
 //! (hyper hands the request back), or when it is idempotent, has no body and failed on
@@ -13,10 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body_util::BodyExt;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -24,55 +21,17 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::{Body, UpstreamError, connect, empty};
 use crate::metrics::Metrics;
-
-/// Errors carried by bodies flowing through the proxy.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type of every request and response the proxy handles.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The most attempts one request gets.
 const MAX_ATTEMPTS: usize = 3;
-/// Pause between connection attempts while the app is starting.
-const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Never retire pooled connections faster than this, whatever the app does.
 const MIN_IDLE_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// Why a request could not be proxied.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// The app refused the connection or the connect failed.
-    #[error("connecting to the app at {addr}")]
-    Connect {
-        /// The app's address.
-        addr: SocketAddr,
-        /// The socket error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The connect did not finish in time.
-    #[error("connecting to the app at {addr} timed out")]
-    ConnectTimeout {
-        /// The app's address.
-        addr: SocketAddr,
-    },
-    /// The HTTP/1 handshake failed.
-    #[error("handshake with the app failed")]
-    Handshake(#[source] hyper::Error),
-    /// The request failed after it was (at least partly) sent.
-    #[error("the app did not answer")]
-    Request(#[source] hyper::Error),
-    /// Every attempt found its connection closing and handed the request back unsent.
-    #[error("the app closed every connection before the request was sent ({attempts} attempts)")]
-    NotSent {
-        /// Attempts made.
-        attempts: usize,
-    },
-}
-
 /// The app and the pool of idle connections to it.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Pool {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -105,16 +64,16 @@ struct Idle {
     since: Instant,
 }
 
-/// A connection lent to one request; give it back with [`Upstream::release`].
+/// A connection lent to one request; give it back with [`Pool::release`].
 #[derive(Debug)]
 pub struct Lease {
     sender: SendRequest<Body>,
     watch: Arc<ConnWatch>,
 }
 
-impl Upstream {
+impl Pool {
     /// A pool for the app at `addr`.
-    pub fn new(
+    pub(crate) fn new(
         addr: SocketAddr,
         connect_timeout: Duration,
         idle_timeout: Duration,
@@ -134,7 +93,7 @@ impl Upstream {
     }
 
     /// The idle timeout in force: the configured one, or less if the app closes sooner.
-    pub fn effective_idle_timeout(&self) -> Duration {
+    pub(crate) fn effective_idle_timeout(&self) -> Duration {
         let learned = self.shared.learned_idle_ms.load(Ordering::Relaxed);
         if learned == u64::MAX {
             return self.idle_timeout;
@@ -147,7 +106,7 @@ impl Upstream {
 
     /// Sends `request`, connecting as needed. While `hold_until` has not passed, refused
     /// connects are retried (nothing was sent, so this is safe for any method).
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         mut request: Request<Body>,
         hold_until: Option<Instant>,
@@ -199,7 +158,7 @@ impl Upstream {
     }
 
     /// Returns a connection whose response has been read completely.
-    pub fn release(&self, lease: Lease) {
+    pub(crate) fn release(&self, lease: Lease) {
         if lease.sender.is_closed() {
             return;
         }
@@ -249,31 +208,13 @@ impl Upstream {
     }
 
     async fn connect(&self, hold_until: Option<Instant>) -> Result<Lease, UpstreamError> {
-        loop {
-            let error =
-                match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
-                    .await
-                {
-                    Ok(Ok(stream)) => return self.handshake(stream).await,
-                    Ok(Err(source)) => UpstreamError::Connect {
-                        addr: self.addr,
-                        source,
-                    },
-                    Err(_) => UpstreamError::ConnectTimeout { addr: self.addr },
-                };
-            self.metrics.upstream_connect_errors.inc();
-            match hold_until {
-                Some(until) if Instant::now() + CONNECT_RETRY_PAUSE < until => {
-                    tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
-                }
-                _ => return Err(error),
-            }
-        }
+        let stream = connect(self.addr, self.connect_timeout, hold_until, &self.metrics).await?;
+        self.handshake(stream).await
     }
 
     async fn handshake(&self, stream: TcpStream) -> Result<Lease, UpstreamError> {
-        let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::Builder::new()
+            .preserve_header_case(true)
             .handshake::<_, Body>(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Handshake)?;
@@ -333,23 +274,10 @@ fn replayable(request: &Request<Body>) -> Option<Replay> {
     })
 }
 
-/// An empty body.
-pub fn empty() -> Body {
-    http_body_util::Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-/// A body holding `bytes`.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A server that answers each request and closes a connection idle for `idle`.
@@ -392,7 +320,7 @@ mod tests {
     async fn the_pool_learns_the_apps_idle_timeout_and_retires_connections_before_it() {
         let addr = closing_server(Duration::from_millis(400)).await;
         let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
-        let upstream = Upstream::new(
+        let upstream = Pool::new(
             addr,
             Duration::from_secs(1),
             Duration::from_secs(4),
@@ -428,7 +356,7 @@ mod tests {
     async fn connections_the_pool_retires_teach_it_nothing() {
         let addr = closing_server(Duration::from_secs(30)).await;
         let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
-        let upstream = Upstream::new(
+        let upstream = Pool::new(
             addr,
             Duration::from_secs(1),
             Duration::from_millis(200),
@@ -456,7 +384,7 @@ mod tests {
             .expect("bind");
         let addr = reserved.local_addr().expect("addr");
         let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
-        let upstream = Upstream::new(
+        let upstream = Pool::new(
             addr,
             Duration::from_secs(1),
             Duration::from_secs(4),
