@@ -101,3 +101,83 @@ impl Running {
 pub(crate) async fn wait_ready(admin: SocketAddr, status: u16) {
     wait_for_status(admin, lameduck_contract::admin::READY, status).await;
 }
+
+/// An in-process HTTP app speaking HTTP/2 prior knowledge (and HTTP/1.1 unless
+/// `h2_only`): it answers every request with the request's version in `x-version`,
+/// the request body back in two DATA frames, and the trailers `grpc-status: 0` and
+/// `x-trailer: yes`. Notifying `goaway` makes it shut every connection down
+/// gracefully (HTTP/2 GOAWAY).
+pub(crate) struct H2App {
+    pub(crate) addr: SocketAddr,
+    pub(crate) goaway: std::sync::Arc<tokio::sync::Notify>,
+}
+
+pub(crate) async fn start_h2_app(h2_only: bool) -> H2App {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let goaway = std::sync::Arc::new(tokio::sync::Notify::new());
+    let shutdown = goaway.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |request: http::Request<hyper::body::Incoming>| async move {
+                        let version = format!("{:?}", request.version());
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let half = body.len() / 2;
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        trailers.insert("x-trailer", http::HeaderValue::from_static("yes"));
+                        let frames = vec![
+                            Ok::<_, std::convert::Infallible>(Frame::data(body.slice(..half))),
+                            Ok(Frame::data(body.slice(half..))),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        let response = http::Response::builder()
+                            .header("x-version", version)
+                            .body(StreamBody::new(futures_util::stream::iter(frames)))
+                            .expect("response");
+                        Ok::<_, hyper::Error>(response)
+                    },
+                );
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                if h2_only {
+                    builder = builder.http2_only();
+                }
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let mut connection = std::pin::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    () = shutdown.notified() => connection.as_mut().graceful_shutdown(),
+                }
+                let _ = connection.await;
+            });
+        }
+    });
+    H2App { addr, goaway }
+}
+
+/// An HTTP/2 prior-knowledge client connection to `addr`; the task ends when the
+/// connection does (`Ok` for a graceful close).
+pub(crate) async fn h2_client(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c prior-knowledge handshake");
+    (sender, tokio::spawn(connection))
+}

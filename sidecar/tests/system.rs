@@ -80,10 +80,19 @@ async fn nghttp_sees_goaway_and_its_stream_completes() {
         .expect("nghttp ran");
     let frames = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "nghttp failed:\n{frames}");
-    assert!(
-        frames.contains("recv GOAWAY frame"),
-        "no GOAWAY seen:\n{frames}"
+    // The two-step GOAWAY: the highest stream id first, then the last one accepted.
+    assert_eq!(
+        frames.matches("recv GOAWAY frame").count(),
+        2,
+        "two GOAWAY frames:\n{frames}"
     );
+    let first = frames
+        .find("last_stream_id=2147483647")
+        .unwrap_or_else(|| panic!("no GOAWAY(2^31-1):\n{frames}"));
+    let last = frames
+        .find("last_stream_id=13")
+        .unwrap_or_else(|| panic!("no GOAWAY naming the one stream:\n{frames}"));
+    assert!(first < last, "GOAWAY(2^31-1) comes first:\n{frames}");
     assert!(
         frames.contains(":status: 200"),
         "the stream did not complete:\n{frames}"

@@ -1,6 +1,8 @@
 //! Integration tests: the real `lameduck-sidecar` binary in front of the demo app,
 //! real sockets on port 0, real signals.
 
+mod grpc;
+mod protocols;
 mod support;
 mod system;
 
@@ -474,12 +476,12 @@ async fn bad_configuration_exits_64_naming_the_value() {
     );
 
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_lameduck-sidecar"))
-        .args(["--app-check=grpc"])
+        .args(["--app-check=grpc:"])
         .output()
         .await
         .expect("run");
     assert_eq!(output.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("\"grpc\""));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("\"grpc:\""));
 
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_lameduck-sidecar"))
         .args(["--check", "--shutdown-delay=5s"])

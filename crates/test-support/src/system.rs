@@ -35,3 +35,22 @@ pub fn require_program(program: &str, package: &str) -> PathBuf {
         )
     })
 }
+
+/// `python3` on PATH, able to import `modules` (the system suite must be selected),
+/// or a panic naming the PyPI packages that provide them.
+pub fn require_python_modules(modules: &[&str], packages: &str) -> PathBuf {
+    let python = require_program("python3", "python3");
+    let imports = format!("import {}", modules.join(", "));
+    let status = std::process::Command::new(&python)
+        .args(["-c", &imports])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    assert!(
+        status.success(),
+        "{SYSTEM_TESTS_ENV}=1 but {} cannot `{imports}`: pip install {packages} (.ci/run does, into a venv on PATH)",
+        python.display()
+    );
+    python
+}

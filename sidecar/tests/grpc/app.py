@@ -77,19 +77,19 @@ def main():
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    print(f"listening on {port}", flush=True)
+    print(f"listening on {port}", file=sys.stderr, flush=True)
 
     def serving():
         time.sleep(args.serving_after)
         for name in ("", SERVICE):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        print("serving", flush=True)
+        print("serving", file=sys.stderr, flush=True)
 
     threading.Thread(target=serving, daemon=True).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
-    print("stopping", flush=True)
+    print("stopping", file=sys.stderr, flush=True)
     server.stop(5).wait()
     sys.exit(0)
 

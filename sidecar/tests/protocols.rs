@@ -1,0 +1,263 @@
+//! The protocols beside plain HTTP/1.1: HTTP/2 to the app (h2c and auto) with its
+//! trailers, the app's GOAWAY relayed, HTTP/1.1 header case, and TCP mode's drain.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{Sidecar, get, h2_client, start_h2_app, wait_ready};
+
+fn post(addr: std::net::SocketAddr, body: &'static str) -> http::Request<Full<Bytes>> {
+    http::Request::post(format!("http://{addr}/echo"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn h2c_to_the_app_carries_bodies_and_trailers_for_both_kinds_of_client() {
+    let app = start_h2_app(true).await;
+    let sidecar = Sidecar::new(app.addr)
+        .arg("--upstream-protocol=h2c")
+        .arg("--app-check=http:/")
+        .start()
+        .await;
+    wait_ready(sidecar.admin, 200).await;
+
+    let (mut sender, _connection) = h2_client(sidecar.listen).await;
+    for i in 0..20 {
+        let body = if i % 2 == 0 { "hello, stream" } else { "" };
+        let response = sender
+            .send_request(post(sidecar.listen, body))
+            .await
+            .expect("response");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-version"], "HTTP/2.0");
+        let collected = response.into_body().collect().await.expect("body");
+        let trailers = collected
+            .trailers()
+            .cloned()
+            .expect("trailers reach the client");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["x-trailer"], "yes");
+        assert_eq!(collected.to_bytes(), body.as_bytes());
+    }
+
+    // An HTTP/1.1 client reaches the h2c-only app too.
+    let reply = crate::support::request(sidecar.listen, "GET", "/")
+        .await
+        .expect("HTTP/1.1 through h2c");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["x-version"], "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn auto_speaks_to_the_app_as_the_client_spoke() {
+    let app = start_h2_app(false).await;
+    let sidecar = Sidecar::new(app.addr)
+        .arg("--upstream-protocol=auto")
+        .start()
+        .await;
+    wait_ready(sidecar.admin, 200).await;
+    let reply = crate::support::request(sidecar.listen, "GET", "/")
+        .await
+        .expect("HTTP/1.1");
+    assert_eq!(reply.headers["x-version"], "HTTP/1.1");
+    let (mut sender, _connection) = h2_client(sidecar.listen).await;
+    let response = sender
+        .send_request(post(sidecar.listen, "x"))
+        .await
+        .expect("HTTP/2");
+    assert_eq!(response.headers()["x-version"], "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn a_goaway_from_the_app_is_relayed_to_http2_clients() {
+    let app = start_h2_app(true).await;
+    let sidecar = Sidecar::new(app.addr)
+        .arg("--upstream-protocol=h2c")
+        .start()
+        .await;
+    wait_ready(sidecar.admin, 200).await;
+    let (mut sender, connection) = h2_client(sidecar.listen).await;
+    let response = sender
+        .send_request(post(sidecar.listen, "before"))
+        .await
+        .expect("response");
+    response.into_body().collect().await.expect("body");
+
+    app.goaway.notify_waiters();
+    tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the sidecar closed the client's connection after the app's GOAWAY")
+        .expect("connection task")
+        .expect("a graceful close");
+    assert!(sender.is_closed());
+    assert_eq!(sidecar.metric("lameduck_app_goaways_total").await, 1.0);
+    assert_eq!(sidecar.metric("lameduck_goaways_relayed_total").await, 1.0);
+    assert_eq!(
+        sidecar.metric("lameduck_phase{phase=\"serving\"}").await,
+        1.0,
+        "relaying is not draining"
+    );
+    // The client reconnects and the sidecar opens new connections to the app.
+    let (mut sender, _connection) = h2_client(sidecar.listen).await;
+    let response = sender
+        .send_request(post(sidecar.listen, "after"))
+        .await
+        .expect("a new connection is served");
+    assert_eq!(response.status(), 200);
+}
+
+/// Reads an HTTP/1.1 head (up to the blank line) from `stream`; none if the peer
+/// closes first (the sidecar's TCP app check does).
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).ok()
+}
+
+#[tokio::test]
+async fn http1_header_names_keep_their_case_both_ways() {
+    let app = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app_addr = app.local_addr().expect("addr");
+    let sidecar = Sidecar::new(app_addr).start().await;
+    wait_ready(sidecar.admin, 200).await;
+    let seen = tokio::spawn(async move {
+        let (mut stream, head) = loop {
+            let (mut stream, _) = app.accept().await.expect("accept");
+            if let Some(head) = read_head(&mut stream).await {
+                break (stream, head);
+            }
+        };
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\nX-Custom-ReplyHeader: 1\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .expect("reply");
+        head
+    });
+    let mut client = TcpStream::connect(sidecar.listen).await.expect("connect");
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\nX-MiXeD-Case: 1\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut reply = String::new();
+    client.read_to_string(&mut reply).await.expect("reply");
+    let head = seen.await.expect("app");
+    assert!(
+        head.contains("\r\nX-MiXeD-Case: 1\r\n"),
+        "the app saw:\n{head}"
+    );
+    assert!(head.contains("\r\nHost: app\r\n"), "the app saw:\n{head}");
+    assert!(
+        reply.contains("\r\nX-Custom-ReplyHeader: 1\r\n"),
+        "the client saw:\n{reply}"
+    );
+}
+
+/// A TCP echo server.
+async fn echo_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn echo(stream: &mut TcpStream, message: &[u8]) -> bool {
+    if stream.write_all(message).await.is_err() {
+        return false;
+    }
+    let mut back = vec![0u8; message.len()];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut back)).await,
+        Ok(Ok(_))
+    ) && back == message
+}
+
+#[tokio::test]
+async fn tcp_mode_serves_through_the_delay_then_cuts_idle_connections_and_counts_them() {
+    let app = echo_server().await;
+    let mut sidecar = Sidecar::new(app)
+        .arg("--protocol=tcp")
+        .arg("--shutdown-delay=1s")
+        .arg("--drain-timeout=1s")
+        .arg("--final-scrape-timeout=0s")
+        .start()
+        .await;
+    wait_ready(sidecar.admin, 200).await;
+    let mut idle = TcpStream::connect(sidecar.listen).await.expect("connect");
+    assert!(echo(&mut idle, b"ping").await);
+    let mut closes = TcpStream::connect(sidecar.listen).await.expect("connect");
+    assert!(echo(&mut closes, b"bye").await);
+    drop(closes);
+
+    sidecar.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(sidecar.admin, "/ready").await.status, 503);
+    let mut during = TcpStream::connect(sidecar.listen)
+        .await
+        .expect("accepted during the shutdown delay");
+    assert!(echo(&mut during, b"still served").await);
+    drop(during);
+    assert!(echo(&mut idle, b"still open").await);
+
+    // After the delay the listener is closed; the idle connection is cut at the timeout.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        TcpStream::connect(sidecar.listen).await.is_err(),
+        "listener closed"
+    );
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut rest)).await;
+    assert!(
+        cut.is_ok(),
+        "the idle connection was cut at the drain timeout"
+    );
+    let status = sidecar.wait().await;
+    assert!(status.success(), "{status:?}");
+    let log = sidecar.log();
+    assert!(log.contains("requests_cut=1"), "one connection cut:\n{log}");
+}
+
+#[tokio::test]
+async fn tcp_mode_counts_connections_by_phase_and_outcome() {
+    let app = echo_server().await;
+    let sidecar = Sidecar::new(app)
+        .arg("--protocol=tcp")
+        .arg("--shutdown-delay=0s")
+        .arg("--drain-timeout=500ms")
+        .start()
+        .await;
+    wait_ready(sidecar.admin, 200).await;
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(sidecar.listen).await.expect("connect");
+        assert!(echo(&mut stream, b"x").await);
+    }
+    let _idle = TcpStream::connect(sidecar.listen).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let drained = get(sidecar.admin, "/drain").await;
+    assert_eq!(drained.text(), "drain timed out: 1 requests cut\n");
+    let series = |outcome: &str| {
+        format!("lameduck_tcp_connections_total{{outcome=\"{outcome}\",phase=\"serving\"}}")
+    };
+    assert_eq!(sidecar.metric(&series("closed")).await, 3.0);
+    assert_eq!(sidecar.metric(&series("cut")).await, 1.0);
+    assert_eq!(sidecar.metric("lameduck_requests_cut_total").await, 1.0);
+}
