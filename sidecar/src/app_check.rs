@@ -61,14 +61,14 @@ pub(crate) async fn run(config: Config, lifecycle: Lifecycle, metrics: Metrics) 
     }
 }
 
-async fn check(check: &AppCheck, upstream: SocketAddr, h2c: bool) -> bool {
+async fn check(check: &AppCheck, upstream: SocketAddr, over_h2c: bool) -> bool {
     let Ok(mut stream) = TcpStream::connect(upstream).await else {
         return false;
     };
     let path = match check {
         AppCheck::Tcp => return true,
-        AppCheck::Grpc { service } => return grpc::check(stream, upstream, service).await,
-        AppCheck::Http { path } if h2c => return grpc::http2_get(stream, upstream, path).await,
+        AppCheck::Grpc { service } => return h2c::grpc_health(stream, upstream, service).await,
+        AppCheck::Http { path } if over_h2c => return h2c::get(stream, upstream, path).await,
         AppCheck::Http { path } => path,
     };
     let request = format!(
@@ -95,7 +95,7 @@ async fn check(check: &AppCheck, upstream: SocketAddr, h2c: bool) -> bool {
 }
 
 /// The checks that speak HTTP/2 prior knowledge: gRPC health and `GET` for h2c apps.
-mod grpc {
+mod h2c {
     use std::net::SocketAddr;
 
     use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -122,7 +122,7 @@ mod grpc {
     }
 
     /// `GET path` over HTTP/2: 2xx or 3xx passes.
-    pub(super) async fn http2_get(stream: TcpStream, upstream: SocketAddr, path: &str) -> bool {
+    pub(super) async fn get(stream: TcpStream, upstream: SocketAddr, path: &str) -> bool {
         let Ok(request) = Request::get(format!("http://{upstream}{path}"))
             .header(header::USER_AGENT, "lameduck-app-check")
             .body(Full::new(Bytes::new()))
@@ -135,7 +135,11 @@ mod grpc {
     }
 
     /// `grpc.health.v1.Health/Check` for `service` answers `SERVING` with status OK.
-    pub(super) async fn check(stream: TcpStream, upstream: SocketAddr, service: &str) -> bool {
+    pub(super) async fn grpc_health(
+        stream: TcpStream,
+        upstream: SocketAddr,
+        service: &str,
+    ) -> bool {
         let Ok(request) = Request::post(format!("http://{upstream}{HEALTH_CHECK}"))
             .header(header::CONTENT_TYPE, "application/grpc")
             .header(header::TE, "trailers")

@@ -41,44 +41,19 @@ const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// The client socket, replaying sniffed bytes first and reporting reads to the watchdog.
 /// On HTTP/2 its bytes pass through the GOAWAY bookkeeping of `crate::h2_frames`.
 struct ClientIo {
-    prefix: Bytes,
-    stream: TcpStream,
-    state: Arc<ConnState>,
+    source: Source,
     h2: Option<H2Frames>,
 }
 
-/// The HTTP/2 frames seen on a client connection, both ways.
-struct H2Frames {
-    /// Our writes, scanned for GOAWAY.
-    sent: GoawayScan,
-    /// The last stream id of the last GOAWAY we sent (`u32::MAX`: none yet).
-    last_stream_id: u32,
-    /// The client's bytes, minus stray WINDOW_UPDATEs.
-    received: StrayWindowUpdates,
-    /// Filtered bytes not yet handed to hyper.
-    pending: BytesMut,
+/// Where a client's bytes come from: the sniffed prefix, then the socket.
+struct Source {
+    prefix: Bytes,
+    stream: TcpStream,
+    state: Arc<ConnState>,
 }
 
-impl H2Frames {
-    fn new() -> Self {
-        Self {
-            sent: GoawayScan::frames(),
-            last_stream_id: u32::MAX,
-            received: StrayWindowUpdates::new(),
-            pending: BytesMut::new(),
-        }
-    }
-
-    fn wrote(&mut self, bytes: &[u8]) {
-        if let Some(last) = self.sent.feed(bytes) {
-            self.last_stream_id = last;
-        }
-    }
-}
-
-impl ClientIo {
-    /// Reads from the sniffed prefix, else the socket.
-    fn poll_raw(
+impl Source {
+    fn poll_read(
         &mut self,
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
@@ -98,33 +73,75 @@ impl ClientIo {
     }
 }
 
+/// The HTTP/2 frames seen on a client connection, both ways.
+struct H2Frames {
+    /// Our writes, scanned for GOAWAY.
+    sent: GoawayScan,
+    /// We have sent GOAWAY: from now on the client's bytes go through the filter.
+    goaway_sent: bool,
+    /// The client's bytes, minus stray WINDOW_UPDATEs.
+    received: StrayWindowUpdates,
+    /// Filtered bytes not yet handed to hyper.
+    pending: BytesMut,
+}
+
+impl H2Frames {
+    fn new() -> Self {
+        Self {
+            sent: GoawayScan::default(),
+            goaway_sent: false,
+            received: StrayWindowUpdates::new(),
+            pending: BytesMut::new(),
+        }
+    }
+
+    fn wrote(&mut self, bytes: &[u8]) {
+        if self.sent.feed(bytes).is_some() {
+            self.goaway_sent = true;
+        }
+    }
+
+    /// Reads for hyper: straight into its buffer until we have sent GOAWAY (nothing
+    /// is dropped before), then through the filter.
+    fn poll_read(
+        &mut self,
+        source: &mut Source,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                buf.put_slice(&self.pending.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if !self.goaway_sent {
+                let before = buf.filled().len();
+                std::task::ready!(source.poll_read(cx, buf))?;
+                self.received.pass(&buf.filled()[before..]);
+                return Poll::Ready(Ok(()));
+            }
+            let mut raw = [std::mem::MaybeUninit::<u8>::uninit(); H2_READ_CHUNK];
+            let mut read = ReadBuf::uninit(&mut raw);
+            std::task::ready!(source.poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(())); // end of stream
+            }
+            self.received.filter(read.filled(), &mut self.pending);
+        }
+    }
+}
+
 impl AsyncRead for ClientIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.h2.is_none() {
-            return this.poll_raw(cx, buf);
-        }
-        let mut raw = [std::mem::MaybeUninit::<u8>::uninit(); H2_READ_CHUNK];
-        loop {
-            if let Some(frames) = this.h2.as_mut().filter(|f| !f.pending.is_empty()) {
-                let n = frames.pending.len().min(buf.remaining());
-                buf.put_slice(&frames.pending.split_to(n));
-                return Poll::Ready(Ok(()));
-            }
-            let mut read = ReadBuf::uninit(&mut raw);
-            std::task::ready!(this.poll_raw(cx, &mut read))?;
-            if read.filled().is_empty() {
-                return Poll::Ready(Ok(())); // end of stream
-            }
-            if let Some(frames) = this.h2.as_mut() {
-                frames
-                    .received
-                    .filter(read.filled(), frames.last_stream_id, &mut frames.pending);
-            }
+        let ClientIo { source, h2 } = self.get_mut();
+        match h2 {
+            Some(frames) => frames.poll_read(source, cx, buf),
+            None => source.poll_read(cx, buf),
         }
     }
 }
@@ -136,7 +153,7 @@ impl AsyncWrite for ClientIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        let polled = Pin::new(&mut this.source.stream).poll_write(cx, buf);
         if let (Poll::Ready(Ok(n)), Some(frames)) = (&polled, this.h2.as_mut()) {
             frames.wrote(&buf[..*n]);
         }
@@ -149,7 +166,7 @@ impl AsyncWrite for ClientIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        let polled = Pin::new(&mut this.source.stream).poll_write_vectored(cx, bufs);
         if let (Poll::Ready(Ok(n)), Some(frames)) = (&polled, this.h2.as_mut()) {
             let mut left = *n;
             for slice in bufs {
@@ -165,15 +182,15 @@ impl AsyncWrite for ClientIo {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.source.stream.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        Pin::new(&mut self.get_mut().source.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().source.stream).poll_shutdown(cx)
     }
 }
 
@@ -221,9 +238,11 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, context: Arc<
     };
     state.h2.store(h2, Ordering::Relaxed);
     let io = TokioIo::new(ClientIo {
-        prefix,
-        stream,
-        state: state.clone(),
+        source: Source {
+            prefix,
+            stream,
+            state: state.clone(),
+        },
         h2: h2.then(H2Frames::new),
     });
     let service = {
@@ -235,6 +254,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, context: Arc<
         })
     };
     if h2 {
+        // No keep-alive or adaptive-window PINGs: `h2_frames` takes the first PING
+        // ACK after our GOAWAY to be the shutdown PING's.
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())

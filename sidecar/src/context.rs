@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,5 +46,30 @@ impl Context {
             tasks: TaskTracker::new(),
             cut: CancellationToken::new(),
         }
+    }
+}
+
+/// The app did not pass its check within the startup hold (counted).
+#[derive(Debug)]
+pub(crate) struct StartupHoldExpired;
+
+impl Context {
+    /// Holds a request or TCP connection that arrived before the app passed its
+    /// check, up to the startup hold. `Some(deadline)` when it was held: connects
+    /// may be retried until then; `None` when the app was already serving.
+    pub(crate) async fn hold_for_app(&self) -> Result<Option<Instant>, StartupHoldExpired> {
+        if !self.lifecycle.phase().holds_requests() {
+            return Ok(None);
+        }
+        self.metrics.startup_held_requests.inc();
+        let deadline = Instant::now() + self.config.startup_hold;
+        if tokio::time::timeout_at(deadline, self.lifecycle.app_started())
+            .await
+            .is_err()
+        {
+            self.metrics.startup_hold_expired.inc();
+            return Err(StartupHoldExpired);
+        }
+        Ok(Some(deadline))
     }
 }

@@ -5,14 +5,21 @@
 //!   GOAWAY frame: on the app's connections (the app is going away) and on the
 //!   sidecar's own writes to a client (what the sidecar promised to serve).
 //! - [`StrayWindowUpdates`] removes, from what a client sends, WINDOW_UPDATE frames
-//!   for streams above the last stream id of the sidecar's GOAWAY. Such a stream was
-//!   opened by the client after the GOAWAY crossed it on the wire and is ignored
-//!   (RFC 9113 §6.8); the `h2` crate ignores its HEADERS, DATA and RST_STREAM but
-//!   answers a WINDOW_UPDATE on it with a connection-level PROTOCOL_ERROR, which fails
-//!   every stream still in flight on that connection. gRPC clients send exactly that
-//!   sequence when a GOAWAY crosses a new call.
+//!   for streams above the last stream id of the sidecar's final GOAWAY. Such a
+//!   stream was opened by the client after the GOAWAY crossed it on the wire and is
+//!   ignored (RFC 9113 §6.8); the `h2` crate ignores its HEADERS, DATA and RST_STREAM
+//!   but answers a WINDOW_UPDATE on it with a connection-level PROTOCOL_ERROR, which
+//!   fails every stream still in flight on that connection. gRPC clients send exactly
+//!   that sequence when a GOAWAY crosses a new call.
+//!
+//! Which streams h2 excludes is decided in the client's byte order, as h2 decides it:
+//! h2's graceful shutdown sends GOAWAY(2³¹−1) and a PING (the only PING the sidecar
+//! ever sends), and on the client's PING ACK names the highest stream it has seen
+//! opened in its final GOAWAY. The filter sees the same frames in the same order, so
+//! it knows that id before h2 reads the next frame; a write-side view would learn it
+//! too late, after the frames that followed the ACK in the same read.
 
-use bytes::BufMut;
+use bytes::{BufMut, BytesMut};
 
 /// Length of a frame header.
 const HEADER_LEN: usize = 9;
@@ -20,6 +27,11 @@ const HEADER_LEN: usize = 9;
 const GOAWAY: u8 = 0x7;
 /// Frame type WINDOW_UPDATE.
 const WINDOW_UPDATE: u8 = 0x8;
+/// Frame type HEADERS (opens a stream).
+const HEADERS: u8 = 0x1;
+/// Frame type PING, and its ACK flag.
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
 /// The client connection preface (RFC 9113 §3.4), which precedes the client's frames.
 pub(crate) const CLIENT_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -28,205 +40,188 @@ pub(crate) const CLIENT_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 struct Header {
     len: usize,
     kind: u8,
+    flags: u8,
     stream: u32,
 }
 
-impl Header {
-    fn parse(bytes: &[u8; HEADER_LEN]) -> Self {
-        let [a, b, c, kind, _flags, s0, s1, s2, s3] = *bytes;
-        Self {
+/// A frame header being read, possibly across several reads.
+#[derive(Debug, Default)]
+struct PartialHeader {
+    bytes: [u8; HEADER_LEN],
+    filled: usize,
+}
+
+impl PartialHeader {
+    /// Takes what it needs of `input`; returns how much it took, and the header once
+    /// complete (then it starts over).
+    fn take(&mut self, input: &[u8]) -> (usize, Option<Header>) {
+        let n = (HEADER_LEN - self.filled).min(input.len());
+        self.bytes[self.filled..self.filled + n].copy_from_slice(&input[..n]);
+        self.filled += n;
+        if self.filled < HEADER_LEN {
+            return (n, None);
+        }
+        self.filled = 0;
+        let [a, b, c, kind, flags, s0, s1, s2, s3] = self.bytes;
+        let header = Header {
             len: usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c),
             kind,
+            flags,
             stream: u32::from_be_bytes([s0 & 0x7f, s1, s2, s3]),
-        }
-    }
-}
-
-/// Where a scan is within the frame stream.
-#[derive(Debug)]
-enum At {
-    /// Bytes of the client preface still to pass.
-    Preface(usize),
-    /// Inside a frame header; `filled` bytes of it seen.
-    Header {
-        bytes: [u8; HEADER_LEN],
-        filled: usize,
-    },
-    /// Inside a frame's payload.
-    Payload {
-        header: Header,
-        left: usize,
-        seen: [u8; 4],
-        seen_len: usize,
-    },
-}
-
-impl At {
-    fn header() -> Self {
-        At::Header {
-            bytes: [0; HEADER_LEN],
-            filled: 0,
-        }
+        };
+        (n, Some(header))
     }
 }
 
 /// Follows frame boundaries and reports GOAWAY frames' last stream ids.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct GoawayScan {
-    at: At,
+    header: PartialHeader,
+    /// The frame whose payload is passing: its type and the bytes left.
+    payload: Option<(u8, usize)>,
+    /// The first payload bytes of a GOAWAY: its last stream id.
+    last_id: [u8; 4],
+    last_id_len: usize,
 }
 
 impl GoawayScan {
-    /// A scan of a stream that starts with a frame (the server side).
-    pub(crate) fn frames() -> Self {
-        Self { at: At::header() }
-    }
-
-    /// Takes the next bytes; returns the last stream id of the last GOAWAY frame
-    /// completed among them, if any.
+    /// Takes the next bytes of a stream of frames (the server side); returns the last
+    /// stream id of the last GOAWAY frame completed among them, if any.
     pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Option<u32> {
         let mut last = None;
         while !bytes.is_empty() {
-            match &mut self.at {
-                At::Preface(left) => {
-                    let n = (*left).min(bytes.len());
-                    *left -= n;
-                    bytes = &bytes[n..];
-                    if *left == 0 {
-                        self.at = At::header();
-                    }
+            let Some((kind, left)) = &mut self.payload else {
+                let (n, header) = self.header.take(bytes);
+                bytes = &bytes[n..];
+                if let Some(header) = header.filter(|h| h.len > 0) {
+                    self.payload = Some((header.kind, header.len));
+                    self.last_id_len = 0;
                 }
-                At::Header {
-                    bytes: head,
-                    filled,
-                } => {
-                    let n = (HEADER_LEN - *filled).min(bytes.len());
-                    head[*filled..*filled + n].copy_from_slice(&bytes[..n]);
-                    *filled += n;
-                    bytes = &bytes[n..];
-                    if *filled == HEADER_LEN {
-                        let header = Header::parse(head);
-                        self.at = At::Payload {
-                            header,
-                            left: header.len,
-                            seen: [0; 4],
-                            seen_len: 0,
-                        };
-                        last = last.or(self.end_of_empty_payload());
-                    }
+                continue;
+            };
+            let n = (*left).min(bytes.len());
+            if *kind == GOAWAY {
+                let keep = (4 - self.last_id_len).min(n);
+                self.last_id[self.last_id_len..self.last_id_len + keep]
+                    .copy_from_slice(&bytes[..keep]);
+                self.last_id_len += keep;
+            }
+            *left -= n;
+            bytes = &bytes[n..];
+            if *left == 0 {
+                if *kind == GOAWAY && self.last_id_len == 4 {
+                    let [a, b, c, d] = self.last_id;
+                    last = Some(u32::from_be_bytes([a & 0x7f, b, c, d]));
                 }
-                At::Payload {
-                    header,
-                    left,
-                    seen,
-                    seen_len,
-                } => {
-                    let n = (*left).min(bytes.len());
-                    let keep = (4 - *seen_len).min(n);
-                    seen[*seen_len..*seen_len + keep].copy_from_slice(&bytes[..keep]);
-                    *seen_len += keep;
-                    *left -= n;
-                    bytes = &bytes[n..];
-                    if *left == 0 {
-                        if header.kind == GOAWAY && *seen_len == 4 {
-                            let [a, b, c, d] = *seen;
-                            last = Some(u32::from_be_bytes([a & 0x7f, b, c, d]));
-                        }
-                        self.at = At::header();
-                    }
-                }
+                self.payload = None;
             }
         }
         last
     }
-
-    /// A frame with no payload ends with its header.
-    fn end_of_empty_payload(&mut self) -> Option<u32> {
-        if let At::Payload { left: 0, .. } = self.at {
-            self.at = At::header();
-        }
-        None
-    }
 }
 
-/// Drops a client's WINDOW_UPDATE frames for streams the sidecar's GOAWAY excluded
-/// (see the module doc); everything else passes unchanged, in order.
+/// Drops a client's WINDOW_UPDATE frames for streams the sidecar's final GOAWAY
+/// excluded (see the module doc); everything else passes unchanged, in order.
 #[derive(Debug)]
 pub(crate) struct StrayWindowUpdates {
-    at: At,
-    /// Payload bytes of a dropped frame still to skip.
-    dropping: usize,
+    /// Bytes of the client preface still to pass.
+    preface_left: usize,
+    header: PartialHeader,
+    /// Bytes of the current header already handed on by [`pass`](Self::pass).
+    header_passed: usize,
+    /// Payload bytes of the current frame still to pass (or to skip, if `dropping`).
+    payload_left: usize,
+    dropping: bool,
+    /// The highest stream the client has opened so far.
+    highest_stream: u32,
+    /// The last stream id of the final GOAWAY, once the client has acknowledged the
+    /// shutdown PING.
+    last_stream_id: Option<u32>,
 }
 
 impl StrayWindowUpdates {
     /// A filter for a client connection that starts with the preface.
     pub(crate) fn new() -> Self {
         Self {
-            at: At::Preface(CLIENT_PREFACE.len()),
-            dropping: 0,
+            preface_left: CLIENT_PREFACE.len(),
+            header: PartialHeader::default(),
+            header_passed: 0,
+            payload_left: 0,
+            dropping: false,
+            highest_stream: 0,
+            last_stream_id: None,
         }
     }
 
-    /// Appends to `out` what of `input` h2 should see, given the last stream id of the
-    /// GOAWAY the sidecar has sent (`u32::MAX` when none).
-    pub(crate) fn filter(&mut self, mut input: &[u8], last_stream_id: u32, out: &mut impl BufMut) {
+    /// Follows bytes that were handed on as they are: before the sidecar has sent
+    /// GOAWAY nothing is dropped, so the reads need no copy.
+    pub(crate) fn pass(&mut self, input: &[u8]) {
+        self.advance(input, None);
+    }
+
+    /// Appends to `out` what of `input` h2 should see, once the sidecar has sent GOAWAY.
+    pub(crate) fn filter(&mut self, input: &[u8], out: &mut BytesMut) {
+        self.advance(input, Some(out));
+    }
+
+    /// One walk over `input`: with `out`, bytes are copied to it except stray frames;
+    /// without, they have been handed on already.
+    fn advance(&mut self, mut input: &[u8], mut out: Option<&mut BytesMut>) {
         while !input.is_empty() {
-            if self.dropping > 0 {
-                let n = self.dropping.min(input.len());
-                self.dropping -= n;
-                input = &input[n..];
-                continue;
-            }
-            match &mut self.at {
-                At::Preface(left) => {
-                    let n = (*left).min(input.len());
-                    out.put_slice(&input[..n]);
-                    *left -= n;
-                    input = &input[n..];
-                    if *left == 0 {
-                        self.at = At::header();
-                    }
+            let n = if self.preface_left > 0 {
+                let n = self.preface_left.min(input.len());
+                emit(&mut out, &input[..n]);
+                self.preface_left -= n;
+                n
+            } else if self.payload_left > 0 {
+                let n = self.payload_left.min(input.len());
+                if !self.dropping {
+                    emit(&mut out, &input[..n]);
                 }
-                At::Header { bytes, filled } => {
-                    let n = (HEADER_LEN - *filled).min(input.len());
-                    bytes[*filled..*filled + n].copy_from_slice(&input[..n]);
-                    *filled += n;
+                self.payload_left -= n;
+                n
+            } else {
+                let (n, header) = self.header.take(input);
+                let Some(header) = header else {
+                    if out.is_none() {
+                        self.header_passed += n;
+                    }
                     input = &input[n..];
-                    if *filled < HEADER_LEN {
-                        continue;
-                    }
-                    let header = Header::parse(bytes);
-                    let stray = header.kind == WINDOW_UPDATE
-                        && header.stream != 0
-                        && header.stream > last_stream_id;
-                    if stray {
-                        self.dropping = header.len;
-                        self.at = At::header();
-                    } else {
-                        out.put_slice(bytes);
-                        self.at = if header.len == 0 {
-                            At::header()
-                        } else {
-                            At::Payload {
-                                header,
-                                left: header.len,
-                                seen: [0; 4],
-                                seen_len: 4,
-                            }
-                        };
-                    }
+                    continue;
+                };
+                self.dropping = self.header_passed == 0 && self.excludes(header, out.is_some());
+                if !self.dropping {
+                    emit(&mut out, &self.header.bytes[self.header_passed..]);
                 }
-                At::Payload { left, .. } => {
-                    let n = (*left).min(input.len());
-                    out.put_slice(&input[..n]);
-                    *left -= n;
-                    input = &input[n..];
-                    if *left == 0 {
-                        self.at = At::header();
-                    }
-                }
-            }
+                self.header_passed = 0;
+                self.payload_left = header.len;
+                n
+            };
+            input = &input[n..];
         }
+    }
+
+    /// Notes what `header` tells and whether its frame is one to drop.
+    fn excludes(&mut self, header: Header, goaway_sent: bool) -> bool {
+        match header.kind {
+            HEADERS => self.highest_stream = self.highest_stream.max(header.stream),
+            PING if header.flags & ACK != 0 && goaway_sent && self.last_stream_id.is_none() => {
+                self.last_stream_id = Some(self.highest_stream);
+            }
+            WINDOW_UPDATE => {
+                return header.stream != 0
+                    && self.last_stream_id.is_some_and(|last| header.stream > last);
+            }
+            _ => {}
+        }
+        false
+    }
+}
+
+/// Copies `bytes` to the filter's output, if filtering.
+fn emit(out: &mut Option<&mut BytesMut>, bytes: &[u8]) {
+    if let Some(out) = out {
+        out.put_slice(bytes);
     }
 }
 
@@ -260,7 +255,7 @@ mod tests {
         let second = stream.len();
         stream.extend(goaway(5));
         for chunk in [1, 2, 5, 9, 10, 64, stream.len()] {
-            let mut scan = GoawayScan::frames();
+            let mut scan = GoawayScan::default();
             let mut seen = Vec::new();
             for (i, piece) in stream.chunks(chunk).enumerate() {
                 if let Some(last) = scan.feed(piece) {
@@ -277,36 +272,71 @@ mod tests {
         }
     }
 
+    fn ping_ack() -> Vec<u8> {
+        let mut ack = frame(PING, 0, &[9; 8]);
+        ack[4] = ACK;
+        ack
+    }
+
     #[test]
-    fn only_window_updates_above_the_goaway_are_dropped() {
+    fn only_window_updates_for_streams_opened_after_the_shutdown_ping_ack_are_dropped() {
         let mut input = CLIENT_PREFACE.to_vec();
-        let kept_before = frame(0x4, 0, &[0; 6]);
-        input.extend(&kept_before);
-        let below = frame(WINDOW_UPDATE, 3, &[0, 0, 0, 5]);
-        let connection = frame(WINDOW_UPDATE, 0, &[0, 0, 0, 5]);
-        let stray = frame(WINDOW_UPDATE, 7, &[0, 0, 0, 5]);
-        let headers_above = frame(0x1, 7, &[0x82; 20]);
-        input.extend(&headers_above);
-        input.extend(&below);
-        input.extend(&stray);
-        input.extend(&connection);
-        let mut expected = CLIENT_PREFACE.to_vec();
-        expected.extend(&kept_before);
-        expected.extend(&headers_above);
-        expected.extend(&below);
-        expected.extend(&connection);
+        input.extend(frame(0x4, 0, &[0; 6]));
+        input.extend(frame(HEADERS, 1, &[0x82; 20]));
+        input.extend(frame(HEADERS, 3, &[0x82; 20]));
+        input.extend(frame(WINDOW_UPDATE, 3, &[0, 0, 0, 5]));
+        input.extend(ping_ack());
+        let mut expected = input.clone();
+        let after = frame(HEADERS, 5, &[0x82; 20]);
+        input.extend(&after);
+        expected.extend(&after);
+        input.extend(frame(WINDOW_UPDATE, 5, &[0, 0, 0, 5]));
+        let kept = [
+            frame(WINDOW_UPDATE, 3, &[0, 0, 0, 7]),
+            frame(WINDOW_UPDATE, 0, &[0, 0, 0, 5]),
+            frame(0x0, 5, &[1; 10]),
+        ]
+        .concat();
+        input.extend(&kept);
+        expected.extend(&kept);
         for chunk in [1, 3, 9, 13, 50, input.len()] {
             let mut filter = StrayWindowUpdates::new();
-            let mut out = Vec::new();
+            let mut out = BytesMut::new();
             for piece in input.chunks(chunk) {
-                filter.filter(piece, 5, &mut out);
+                filter.filter(piece, &mut out);
             }
             assert_eq!(out, expected, "chunks of {chunk}");
         }
-        // Before any GOAWAY nothing is dropped.
+        // Without a GOAWAY sent, a PING ACK means nothing: all passes.
         let mut filter = StrayWindowUpdates::new();
-        let mut out = Vec::new();
-        filter.filter(&input, u32::MAX, &mut out);
-        assert_eq!(out, input);
+        filter.pass(&input);
+        let mut out = BytesMut::new();
+        filter.filter(&frame(WINDOW_UPDATE, 5, &[0, 0, 0, 1]), &mut out);
+        assert_eq!(out.len(), 13);
+    }
+
+    #[test]
+    fn bytes_passed_before_the_goaway_are_not_repeated() {
+        let mut input = CLIENT_PREFACE.to_vec();
+        input.extend(frame(0x4, 0, &[0; 6]));
+        input.extend(frame(HEADERS, 1, &[0x82; 20]));
+        let split = input.len() + 4; // the GOAWAY goes out mid-header
+        input.extend(frame(WINDOW_UPDATE, 1, &[0, 0, 0, 1]));
+        input.extend(ping_ack());
+        let mut expected = input.clone();
+        input.extend(frame(WINDOW_UPDATE, 3, &[0, 0, 0, 1]));
+        let ping = frame(PING, 0, &[1; 8]);
+        input.extend(&ping);
+        expected.extend(&ping);
+        for chunk in [1, 4, 7, 100] {
+            let mut filter = StrayWindowUpdates::new();
+            let mut out = BytesMut::new();
+            out.put_slice(&input[..split]);
+            filter.pass(&input[..split]);
+            for piece in input[split..].chunks(chunk) {
+                filter.filter(piece, &mut out);
+            }
+            assert_eq!(out, expected, "chunks of {chunk}");
+        }
     }
 }

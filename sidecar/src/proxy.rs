@@ -15,6 +15,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -69,7 +70,7 @@ impl Context {
         let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let grpc = is_grpc(request.headers());
 
-        let mut response = match self.forward(request, peer, upgrade, wire).await {
+        let mut response = match self.forward(request, peer, upgrade, wire, grpc).await {
             Ok((response, lease)) => self.relay(response, lease, on_upgrade),
             Err(failure) => failure.response(grpc),
         };
@@ -101,22 +102,13 @@ impl Context {
         peer: SocketAddr,
         upgrade: Option<HeaderValue>,
         wire: Wire,
+        grpc: bool,
     ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
-        let arrived = Instant::now();
-        let mut hold_until = None;
-        if self.lifecycle.phase().holds_requests() {
-            self.metrics.startup_held_requests.inc();
-            let deadline = arrived + self.config.startup_hold;
-            if tokio::time::timeout_at(deadline, self.lifecycle.app_started())
-                .await
-                .is_err()
-            {
-                self.metrics.startup_hold_expired.inc();
-                return Err(Failure::StartupHoldExpired);
-            }
-            hold_until = Some(deadline);
-        }
-        let timeout = if is_grpc(request.headers()) {
+        let hold_until = self
+            .hold_for_app()
+            .await
+            .map_err(|_| Failure::StartupHoldExpired)?;
+        let timeout = if grpc {
             grpc_timeout(request.headers())
         } else {
             Some(self.config.upstream_timeout)
@@ -295,28 +287,28 @@ fn upstream_request(
             parts.version = Version::HTTP_11;
         }
         Wire::H2c => {
+            // The client's Host becomes :authority; the app's address if it has none.
             let authority = parts
                 .headers
                 .remove(header::HOST)
-                .and_then(|host| host.to_str().map(str::to_owned).ok())
-                .unwrap_or_else(|| app.to_string());
+                .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+                .unwrap_or_else(|| app_authority(app));
             parts.uri = Uri::builder()
                 .scheme("http")
-                .authority(authority.as_str())
+                .authority(authority)
                 .path_and_query(path)
                 .build()
-                .or_else(|_| {
-                    Uri::builder()
-                        .scheme("http")
-                        .authority(app.to_string().as_str())
-                        .path_and_query(path)
-                        .build()
-                })
                 .unwrap_or_else(|_| Uri::from_static("/"));
             parts.version = Version::HTTP_2;
         }
     }
     Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+}
+
+/// The app's address as a URI authority.
+fn app_authority(app: SocketAddr) -> Authority {
+    Authority::try_from(app.to_string().as_str())
+        .unwrap_or_else(|_| Authority::from_static("localhost"))
 }
 
 /// Whether the client said it accepts trailers (`TE: trailers`, as gRPC requires).

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tracing::debug;
 
 use crate::context::Context;
@@ -35,20 +34,10 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, context: Arc<
 /// Connects to the app (holding while it starts) and copies both ways until the end.
 async fn splice(client: &mut TcpStream, peer: SocketAddr, context: &Context) -> &'static str {
     let (config, metrics) = (&context.config, &context.metrics);
-    let mut hold_until = None;
-    if context.lifecycle.phase().holds_requests() {
-        metrics.startup_held_requests.inc();
-        let deadline = Instant::now() + config.startup_hold;
-        if tokio::time::timeout_at(deadline, context.lifecycle.app_started())
-            .await
-            .is_err()
-        {
-            metrics.startup_hold_expired.inc();
-            debug!(%peer, "the app did not become ready within the startup hold");
-            return TCP_APP_UNREACHABLE;
-        }
-        hold_until = Some(deadline);
-    }
+    let Ok(hold_until) = context.hold_for_app().await else {
+        debug!(%peer, "the app did not become ready within the startup hold");
+        return TCP_APP_UNREACHABLE;
+    };
     let connected = crate::upstream::connect(
         config.upstream,
         config.upstream_connect_timeout,

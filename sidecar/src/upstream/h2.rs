@@ -126,7 +126,7 @@ impl Pool {
         let done = Arc::new(AtomicBool::new(false));
         let io = AppIo {
             stream,
-            scan: GoawayScan::frames(),
+            scan: GoawayScan::default(),
             done: done.clone(),
             goaways: self.goaways.clone(),
             metrics: self.metrics.clone(),
