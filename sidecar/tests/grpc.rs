@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use lameduck_test_support::process::Process;
 use lameduck_test_support::system::{require_program, require_python_modules};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
-use crate::support::{Sidecar, get, wait_ready};
+use crate::support::{Sidecar, exchange, get, wait_ready};
 
 fn scripts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc")
@@ -179,14 +179,7 @@ fn free_port() -> u16 {
 }
 
 async fn redis_ping(stream: &mut TcpStream) -> bool {
-    if stream.write_all(b"PING\r\n").await.is_err() {
-        return false;
-    }
-    let mut reply = [0u8; 7];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut reply)).await,
-        Ok(Ok(_))
-    ) && &reply == b"+PONG\r\n"
+    exchange(stream, b"PING\r\n", b"+PONG\r\n").await
 }
 
 #[tokio::test]

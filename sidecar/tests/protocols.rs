@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{Sidecar, get, h2_client, start_h2_app, wait_ready};
+use crate::support::{Sidecar, exchange, get, h2_client, start_h2_app, wait_ready};
 
 fn post(addr: std::net::SocketAddr, body: &'static str) -> http::Request<Full<Bytes>> {
     http::Request::post(format!("http://{addr}/echo"))
@@ -181,14 +181,7 @@ async fn echo_server() -> std::net::SocketAddr {
 }
 
 async fn echo(stream: &mut TcpStream, message: &[u8]) -> bool {
-    if stream.write_all(message).await.is_err() {
-        return false;
-    }
-    let mut back = vec![0u8; message.len()];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut back)).await,
-        Ok(Ok(_))
-    ) && back == message
+    exchange(stream, message, message).await
 }
 
 #[tokio::test]

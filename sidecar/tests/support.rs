@@ -181,3 +181,21 @@ pub(crate) async fn h2_client(
             .expect("h2c prior-knowledge handshake");
     (sender, tokio::spawn(connection))
 }
+
+/// Writes `send` and reads back exactly `expect` within 2 s.
+pub(crate) async fn exchange(
+    stream: &mut tokio::net::TcpStream,
+    send: &[u8],
+    expect: &[u8],
+) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.write_all(send).await.is_err() {
+        return false;
+    }
+    let mut reply = vec![0u8; expect.len()];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        stream.read_exact(&mut reply),
+    );
+    matches!(read.await, Ok(Ok(_))) && reply == expect
+}

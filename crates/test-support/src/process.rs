@@ -21,6 +21,8 @@ pub struct Process {
     child: Child,
     name: &'static str,
     log: Arc<Mutex<String>>,
+    /// The task copying stderr into `log`; it ends at the process's end of output.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Process {
@@ -42,7 +44,7 @@ impl Process {
         let (tx, rx) = oneshot::channel();
         let log = Arc::new(Mutex::new(String::new()));
         let writer = log.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut tx = Some(tx);
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -59,7 +61,15 @@ impl Process {
                 }
             }
         });
-        (Self { child, name, log }, rx)
+        (
+            Self {
+                child,
+                name,
+                log,
+                reader: Some(reader),
+            },
+            rx,
+        )
     }
 
     /// Waits for the value `spawn`'s `up` found, failing the test after the fixture timeout.
@@ -78,12 +88,18 @@ impl Process {
             .unwrap_or_else(|e| panic!("kill -{name} {pid}: {e}"));
     }
 
-    /// Waits for the exit, failing the test after the fixture timeout.
+    /// Waits for the exit and for the last of its log, failing the test after the
+    /// fixture timeout.
     pub async fn wait(&mut self) -> ExitStatus {
-        tokio::time::timeout(FIXTURE_TIMEOUT, self.child.wait())
+        let status = tokio::time::timeout(FIXTURE_TIMEOUT, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("{} did not exit in time", self.name))
-            .expect("waiting for the process")
+            .expect("waiting for the process");
+        if let Some(reader) = self.reader.take() {
+            // The log is complete once its reader has seen the end of the output.
+            let _ = tokio::time::timeout(FIXTURE_TIMEOUT, reader).await;
+        }
+        status
     }
 
     /// Whether the process has exited (without waiting).
