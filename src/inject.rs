@@ -79,10 +79,13 @@ pub(crate) fn run(args: InjectArgs) -> anyhow::Result<ExitCode> {
         admin_port: args.admin_port,
         drain_token: args.drain_token,
     };
-    let skipped = lameduck_manifests::inject(&mut documents, &options)?;
+    let report = lameduck_manifests::inject(&mut documents, &options)?;
     // Everything is rendered before anything is written: no half-written output.
     let yaml = to_yaml(&documents)?;
-    for skip in &skipped {
+    for chosen in &report.chosen {
+        eprintln!("lameduck inject: {chosen}");
+    }
+    for skip in &report.skipped {
         eprintln!("lameduck inject: {skip}");
     }
     write_stdout(&yaml)?;

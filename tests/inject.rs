@@ -209,11 +209,77 @@ fn check_flags_the_plain_demo_and_passes_the_fixed_and_injected_ones() {
             .status
             .success()
     );
-    let injected = corpus().join("named-service-port.golden.yaml");
-    let output = lameduck(&["check", injected.to_str().expect("path")], None);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    for case in [
+        "named-service-port",
+        "grpc-deployment",
+        "redis",
+        "http-and-grpc",
+        "service-app-protocol",
+    ] {
+        let injected = corpus().join(format!("{case}.golden.yaml"));
+        let output = lameduck(&["check", injected.to_str().expect("path")], None);
+        assert!(
+            output.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+}
+
+/// Every `lameduck-sidecar` container in `value`, as its environment.
+fn sidecar_envs(value: &Value, found: &mut Vec<Vec<(String, String)>>) {
+    match value {
+        Value::Object(map) => {
+            if map.get("name").and_then(Value::as_str) == Some("lameduck-sidecar")
+                && let Some(env) = map.get("env").and_then(Value::as_array)
+            {
+                found.push(
+                    env.iter()
+                        .filter_map(|var| {
+                            Some((
+                                var.get("name")?.as_str()?.to_owned(),
+                                var.get("value")?.as_str()?.to_owned(),
+                            ))
+                        })
+                        .collect(),
+                );
+            }
+            map.values().for_each(|v| sidecar_envs(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| sidecar_envs(v, found)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_sidecar_accepts_every_configuration_inject_writes() {
+    let sidecar = lameduck_test_support::files::workspace_binary("lameduck-sidecar");
+    let mut checked = Vec::new();
+    for (golden, _) in goldens() {
+        let text = std::fs::read_to_string(&golden).expect("golden");
+        let documents = parse_stream("golden", &text).expect("YAML");
+        let mut envs = Vec::new();
+        documents.iter().for_each(|d| sidecar_envs(d, &mut envs));
+        for env in envs {
+            let output = Command::new(&sidecar)
+                .arg("--check")
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .output()
+                .expect("running the sidecar");
+            assert!(
+                output.status.success(),
+                "{}: the sidecar refused {env:?}:\n{}",
+                golden.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            checked.extend(env.into_iter().map(|(_, v)| v));
+        }
+    }
+    for wanted in ["grpc", "tcp", "0.0.0.0:18081=127.0.0.1:9090/h2c"] {
+        assert!(
+            checked.iter().any(|v| v == wanted),
+            "no injected sidecar uses {wanted}"
+        );
+    }
 }

@@ -30,8 +30,8 @@ pub(crate) async fn run(config: Config, lifecycle: Lifecycle, metrics: Metrics) 
             config.app_check_timeout,
             check(
                 &config.app_check,
-                config.upstream,
-                config.upstream_protocol == UpstreamProtocol::H2c,
+                config.listener.upstream,
+                config.listener.upstream_protocol == UpstreamProtocol::H2c,
             ),
         )
         .await

@@ -119,6 +119,67 @@ impl UpstreamProtocol {
     }
 }
 
+/// One serving port and the app port behind it. The flags `--listen`, `--upstream`,
+/// `--protocol` and `--upstream-protocol` give the first; each `--listener
+/// LISTEN=UPSTREAM[/MODE]` one more (MODE: `http1` (default), `h2c`, `auto` or `tcp`).
+/// Every listener shares the one drain and the one app check (which asks the first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The app port behind it.
+    pub upstream: SocketAddr,
+    /// What the port speaks.
+    pub protocol: Protocol,
+    /// How requests reach the app (HTTP mode).
+    pub upstream_protocol: UpstreamProtocol,
+}
+
+impl FromStr for Listener {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |why: &str| format!("listener {s:?} is not valid: {why}");
+        let (listen, rest) = s
+            .split_once('=')
+            .ok_or_else(|| invalid("expected LISTEN=UPSTREAM[/MODE]"))?;
+        let (upstream, mode) = rest.split_once('/').unwrap_or((rest, "http1"));
+        let address = |text: &str| {
+            text.parse::<SocketAddr>()
+                .map_err(|_| invalid(&format!("{text:?} is not an address (IP:PORT)")))
+        };
+        let (protocol, upstream_protocol) = match mode {
+            "http1" => (Protocol::Http, UpstreamProtocol::Http1),
+            "h2c" => (Protocol::Http, UpstreamProtocol::H2c),
+            "auto" => (Protocol::Http, UpstreamProtocol::Auto),
+            "tcp" => (Protocol::Tcp, UpstreamProtocol::Http1),
+            other => {
+                return Err(invalid(&format!(
+                    "mode {other:?} is not one of http1, h2c, auto, tcp"
+                )));
+            }
+        };
+        Ok(Self {
+            listen: address(listen)?,
+            upstream: address(upstream)?,
+            protocol,
+            upstream_protocol,
+        })
+    }
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match (self.protocol, self.upstream_protocol) {
+            (Protocol::Tcp, _) => "tcp",
+            (Protocol::Http, UpstreamProtocol::Http1) => "http1",
+            (Protocol::Http, UpstreamProtocol::H2c) => "h2c",
+            (Protocol::Http, UpstreamProtocol::Auto) => "auto",
+        };
+        write!(f, "{}={}/{mode}", self.listen, self.upstream)
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -150,6 +211,11 @@ pub struct Args {
     /// or `auto` (the client's protocol; the app must serve both).
     #[arg(long, env = env::UPSTREAM_PROTOCOL, value_enum, default_value = defaults::UPSTREAM_PROTOCOL)]
     pub upstream_protocol: UpstreamProtocol,
+    /// One more serving port for an app that serves several (an HTTP API beside a gRPC
+    /// one): `LISTEN=UPSTREAM[/MODE]`, MODE `http1` (default), `h2c`, `auto` or `tcp`.
+    /// Repeatable; the environment variable takes a comma-separated list.
+    #[arg(long = "listener", env = env::LISTENERS, value_delimiter = ',')]
+    pub listeners: Vec<Listener>,
     /// Admin address: /ready, /live, /metrics, /drain.
     #[arg(long, env = env::ADMIN, default_value = defaults::ADMIN)]
     pub admin: SocketAddr,
@@ -226,14 +292,10 @@ pub struct ConfigError {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Serving address.
-    pub listen: SocketAddr,
-    /// The app.
-    pub upstream: SocketAddr,
-    /// What the serving port speaks.
-    pub protocol: Protocol,
-    /// How requests reach the app.
-    pub upstream_protocol: UpstreamProtocol,
+    /// The serving port of `--listen` and `--upstream`; the app check asks its app port.
+    pub listener: Listener,
+    /// The serving ports of `--listener`, if any.
+    pub extra_listeners: Vec<Listener>,
     /// Admin address.
     pub admin: SocketAddr,
     /// App check.
@@ -270,6 +332,57 @@ pub struct Config {
     pub max_header_size: usize,
 }
 
+/// Every serving address differs from the others and from the admin address, and no
+/// listener forwards to a serving address (to itself).
+fn check_addresses(listeners: &[Listener], admin: SocketAddr) -> Result<(), ConfigError> {
+    let fixed = |a: &SocketAddr| a.port() != 0;
+    for (index, listener) in listeners.iter().enumerate() {
+        let name = if index == 0 { "--listen" } else { "--listener" };
+        if fixed(&listener.listen) && listener.listen == admin {
+            return Err(ConfigError {
+                name: "--admin",
+                value: admin.to_string(),
+                reason: "the serving and admin addresses must differ",
+            });
+        }
+        let earlier = &listeners[..index];
+        if fixed(&listener.listen) && earlier.iter().any(|l| l.listen == listener.listen) {
+            return Err(ConfigError {
+                name,
+                value: listener.to_string(),
+                reason: "two listeners on the same address",
+            });
+        }
+        let reaches = |listen: &SocketAddr, upstream: &SocketAddr| {
+            fixed(listen)
+                && listen.port() == upstream.port()
+                && (listen.ip().is_unspecified() || listen.ip() == upstream.ip())
+        };
+        if listeners
+            .iter()
+            .any(|l| reaches(&l.listen, &listener.upstream))
+        {
+            return Err(ConfigError {
+                name: if index == 0 {
+                    "--upstream"
+                } else {
+                    "--listener"
+                },
+                value: listener.upstream.to_string(),
+                reason: "the sidecar cannot forward to itself",
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Every serving port, `--listen`'s first.
+    pub fn listeners(&self) -> impl Iterator<Item = &Listener> {
+        std::iter::once(&self.listener).chain(&self.extra_listeners)
+    }
+}
+
 fn positive(name: &'static str, value: Duration) -> Result<Duration, ConfigError> {
     if value.is_zero() {
         return Err(ConfigError {
@@ -284,24 +397,16 @@ fn positive(name: &'static str, value: Duration) -> Result<Duration, ConfigError
 impl Args {
     /// Checks every value that parsing alone cannot.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let distinct = |name: &'static str, a: SocketAddr, b: SocketAddr| {
-            if a.port() != 0 && a == b {
-                return Err(ConfigError {
-                    name,
-                    value: a.to_string(),
-                    reason: "the serving and admin addresses must differ",
-                });
-            }
-            Ok(())
+        let first = Listener {
+            listen: self.listen,
+            upstream: self.upstream,
+            protocol: self.protocol,
+            upstream_protocol: self.upstream_protocol,
         };
-        distinct("--admin", self.listen, self.admin)?;
-        if self.listen.port() != 0 && self.listen == self.upstream {
-            return Err(ConfigError {
-                name: "--upstream",
-                value: self.upstream.to_string(),
-                reason: "the sidecar cannot forward to itself",
-            });
-        }
+        let listeners: Vec<Listener> = std::iter::once(first)
+            .chain(self.listeners.iter().copied())
+            .collect();
+        check_addresses(&listeners, self.admin)?;
         for (name, value) in [
             (
                 "--app-check-failure-threshold",
@@ -320,7 +425,7 @@ impl Args {
                 });
             }
         }
-        if self.protocol == Protocol::Tcp && !matches!(self.app_check, AppCheck::Tcp) {
+        if first.protocol == Protocol::Tcp && !matches!(self.app_check, AppCheck::Tcp) {
             return Err(ConfigError {
                 name: "--app-check",
                 value: self.app_check.to_string(),
@@ -346,10 +451,8 @@ impl Args {
             });
         }
         Ok(Config {
-            listen: self.listen,
-            upstream: self.upstream,
-            protocol: self.protocol,
-            upstream_protocol: self.upstream_protocol,
+            listener: first,
+            extra_listeners: self.listeners,
             admin: self.admin,
             app_check: self.app_check,
             app_check_period: positive("--app-check-period", self.app_check_period)?,
@@ -414,6 +517,37 @@ mod tests {
         assert!(error.contains("--admin=0.0.0.0:8000"), "{error}");
         let error = parse(&["--max-header-size", "100"]).expect_err("small");
         assert!(error.contains("--max-header-size=100"), "{error}");
+    }
+
+    #[test]
+    fn listeners_parse_and_clash_by_name() {
+        let config = parse(&[
+            "--listen=0.0.0.0:18080",
+            "--upstream=127.0.0.1:8080",
+            "--listener=0.0.0.0:18081=127.0.0.1:50051/h2c",
+            "--listener=0.0.0.0:18082=127.0.0.1:6379/tcp",
+        ])
+        .expect("listeners");
+        let listed: Vec<String> = config.listeners().map(ToString::to_string).collect();
+        assert_eq!(
+            listed,
+            [
+                "0.0.0.0:18080=127.0.0.1:8080/http1",
+                "0.0.0.0:18081=127.0.0.1:50051/h2c",
+                "0.0.0.0:18082=127.0.0.1:6379/tcp"
+            ]
+        );
+        let error = parse(&["--listener=0.0.0.0:9=127.0.0.1:1/h3"]).expect_err("mode");
+        assert!(error.contains("mode \"h3\""), "{error}");
+        let error = parse(&["--listener=0.0.0.0:8000=127.0.0.1:1"]).expect_err("clash");
+        assert!(
+            error.contains("two listeners on the same address"),
+            "{error}"
+        );
+        let error = parse(&["--listener=0.0.0.0:9000=127.0.0.1:8000"]).expect_err("loop");
+        assert!(error.contains("cannot forward to itself"), "{error}");
+        let error = parse(&["--listener=0.0.0.0:9901=127.0.0.1:1"]).expect_err("admin");
+        assert!(error.starts_with("--admin=0.0.0.0:9901"), "{error}");
     }
 
     #[test]

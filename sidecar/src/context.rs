@@ -1,38 +1,63 @@
-//! What every connection and request of the serving port shares: one value per
-//! sidecar, built in `run` and handed down (the linkerd2-proxy way), so no module
+//! What every connection and request of a serving port shares: one value per
+//! listener, built in `run` and handed down (the linkerd2-proxy way), so no module
 //! reaches for globals and the connection and proxy modules need not know each other.
+//! The listeners of one sidecar share its lifecycle, metrics and [`Drain`]; each has
+//! its own app port and pool to it.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, Listener};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
-/// The serving port's shared context.
-#[derive(Debug)]
-pub(crate) struct Context {
-    pub(crate) config: Config,
-    pub(crate) lifecycle: Lifecycle,
-    pub(crate) metrics: Metrics,
-    pub(crate) upstream: Arc<Upstream>,
-    /// Connection and tunnel tasks, awaited by the drain.
+/// What the drain of every listener shares: the tasks it waits for, and the signal
+/// that cuts them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Drain {
+    /// Connection and tunnel tasks of every listener, awaited by the drain.
     pub(crate) tasks: TaskTracker,
     /// Cancelled at the drain timeout: everything still open is cut.
     pub(crate) cut: CancellationToken,
+    /// TCP-mode connections open (each is one thing cut at the drain timeout).
+    pub(crate) tunnels: Arc<AtomicU64>,
+}
+
+/// One serving port's shared context.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub(crate) config: Config,
+    /// This serving port and its app port.
+    pub(crate) listener: Listener,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) metrics: Metrics,
+    pub(crate) upstream: Arc<Upstream>,
+    /// Connection and tunnel tasks, awaited by the drain (shared by every listener).
+    pub(crate) tasks: TaskTracker,
+    /// Cancelled at the drain timeout: everything still open is cut.
+    pub(crate) cut: CancellationToken,
+    /// TCP-mode connections open, across listeners.
+    pub(crate) tunnels: Arc<AtomicU64>,
     /// Changes each time the app sends GOAWAY (relayed to HTTP/2 clients).
     pub(crate) app_goaways: watch::Receiver<u64>,
 }
 
 impl Context {
-    pub(crate) fn new(config: Config, lifecycle: Lifecycle, metrics: Metrics) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        listener: Listener,
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+        drain: &Drain,
+    ) -> Self {
         let upstream = Upstream::new(
-            config.upstream,
+            listener.upstream,
             config.upstream_connect_timeout,
             config.upstream_idle_timeout,
             metrics.clone(),
@@ -41,10 +66,12 @@ impl Context {
             app_goaways: upstream.app_goaways(),
             upstream: Arc::new(upstream),
             config,
+            listener,
             lifecycle,
             metrics,
-            tasks: TaskTracker::new(),
-            cut: CancellationToken::new(),
+            tasks: drain.tasks.clone(),
+            cut: drain.cut.clone(),
+            tunnels: drain.tunnels.clone(),
         }
     }
 }

@@ -22,8 +22,10 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::context::Context;
+use crate::config::Config;
+use crate::context::{self, Context};
 use crate::lifecycle::{DrainOutcome, Lifecycle, Phase};
+use crate::metrics::Metrics;
 use crate::server;
 use crate::signal::Signals;
 
@@ -36,12 +38,15 @@ pub enum Exit {
     Forced,
 }
 
-/// Serves `listener` and drains it once triggered; the outcome goes to the lifecycle.
-pub(crate) async fn drive(listener: TcpListener, context: Arc<Context>) {
-    let lifecycle = context.lifecycle.clone();
-    let config = context.config.clone();
-    let metrics = context.metrics.clone();
-    let serving = tokio::spawn(server::serve(listener, context));
+/// Serves the listeners and drains them once triggered; the outcome goes to the lifecycle.
+pub(crate) async fn drive(
+    listeners: Vec<(TcpListener, Arc<Context>)>,
+    drain: context::Drain,
+    lifecycle: Lifecycle,
+    config: Config,
+    metrics: Metrics,
+) {
+    let serving = tokio::spawn(server::serve(listeners, drain));
     let cause = lifecycle.drain_triggered().await;
     let started = Instant::now();
     info!(cause, shutdown_delay = ?config.shutdown_delay, drain_timeout = ?config.drain_timeout, "drain started");

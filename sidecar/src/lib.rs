@@ -71,8 +71,8 @@ pub enum Error {
     Metrics(#[from] prometheus::Error),
 }
 
-/// Runs the sidecar until the process should exit (see [`drain::exit`]): binds both
-/// ports, starts the app check, the admin port and the serving port, and hands the
+/// Runs the sidecar until the process should exit (see [`drain::exit`]): binds every
+/// serving port and the admin port, starts the app check, the admin port and the serving port, and hands the
 /// one [`Lifecycle`] to each.
 pub async fn run(
     config: Config,
@@ -85,18 +85,27 @@ pub async fn run(
             .await
             .map_err(|source| Error::Bind { what, addr, source })
     };
-    let listener = bind("serving", config.listen).await?;
+    let mut listeners = Vec::new();
+    for listener in config.listeners() {
+        listeners.push((bind("serving", listener.listen).await?, *listener));
+    }
     let admin_listener = bind("admin", config.admin).await?;
-    let listen = listener.local_addr().unwrap_or(config.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin);
-    info!(
-        %listen,
-        admin = %admin_addr,
-        upstream = %config.upstream,
-        protocol = ?config.protocol,
-        upstream_protocol = ?config.upstream_protocol,
-        "bound"
-    );
+    for (bound, listener) in listeners.iter().skip(1) {
+        let listen = bound.local_addr().unwrap_or(listener.listen);
+        info!(%listen, upstream = %listener.upstream, protocol = ?listener.protocol, upstream_protocol = ?listener.upstream_protocol, "listener bound");
+    }
+    if let Some((bound, listener)) = listeners.first() {
+        let listen = bound.local_addr().unwrap_or(listener.listen);
+        info!(
+            %listen,
+            admin = %admin_addr,
+            upstream = %listener.upstream,
+            protocol = ?listener.protocol,
+            upstream_protocol = ?listener.upstream_protocol,
+            "bound"
+        );
+    }
 
     let lifecycle = Lifecycle::new();
     tokio::spawn(watch_phase(lifecycle.clone(), metrics.clone()));
@@ -114,8 +123,27 @@ pub async fn run(
         }),
     ));
     let final_scrape_timeout = config.final_scrape_timeout;
-    let context = Arc::new(context::Context::new(config, lifecycle.clone(), metrics));
-    tokio::spawn(drain::drive(listener, context));
+    let shared = context::Drain::default();
+    let serving = listeners
+        .into_iter()
+        .map(|(bound, listener)| {
+            let context = context::Context::new(
+                config.clone(),
+                listener,
+                lifecycle.clone(),
+                metrics.clone(),
+                &shared,
+            );
+            (bound, Arc::new(context))
+        })
+        .collect();
+    tokio::spawn(drain::drive(
+        serving,
+        shared,
+        lifecycle.clone(),
+        config,
+        metrics,
+    ));
     Ok(drain::exit(&lifecycle, &mut signals, final_scrape_timeout).await)
 }
 

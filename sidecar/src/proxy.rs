@@ -63,7 +63,7 @@ impl Context {
     ) -> Response<Body> {
         let guard = RequestGuard::start(self.clone(), conn);
         let downstream_version = request.version();
-        let wire = self.config.upstream_protocol.wire(downstream_version);
+        let wire = self.listener.upstream_protocol.wire(downstream_version);
         let upgrade = (downstream_version == Version::HTTP_11 && wire == Wire::Http1)
             .then(|| upgrade_protocol(request.headers()))
             .flatten();
@@ -113,7 +113,7 @@ impl Context {
         } else {
             Some(self.config.upstream_timeout)
         };
-        let request = upstream_request(request, peer, upgrade, wire, self.config.upstream);
+        let request = upstream_request(request, peer, upgrade, wire, self.listener.upstream);
         let send = self.upstream.send(request, hold_until, wire);
         let sent = match timeout {
             Some(timeout) => tokio::time::timeout(timeout, send).await,

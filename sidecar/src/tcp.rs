@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -20,10 +21,12 @@ use crate::metrics::{TCP_APP_UNREACHABLE, TCP_CLOSED, TCP_CUT};
 pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, context: Arc<Context>) {
     let _ = client.set_nodelay(true);
     let phase = context.lifecycle.phase();
+    context.tunnels.fetch_add(1, Ordering::Relaxed);
     let outcome = tokio::select! {
         outcome = splice(&mut client, peer, &context) => outcome,
         _ = context.cut.cancelled() => TCP_CUT,
     };
+    context.tunnels.fetch_sub(1, Ordering::Relaxed);
     context
         .metrics
         .tcp_connections
@@ -39,7 +42,7 @@ async fn splice(client: &mut TcpStream, peer: SocketAddr, context: &Context) -> 
         return TCP_APP_UNREACHABLE;
     };
     let connected = crate::upstream::connect(
-        config.upstream,
+        context.listener.upstream,
         config.upstream_connect_timeout,
         hold_until,
         metrics,

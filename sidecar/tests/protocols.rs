@@ -1,5 +1,6 @@
 //! The protocols beside plain HTTP/1.1: HTTP/2 to the app (h2c and auto) with its
-//! trailers, the app's GOAWAY relayed, HTTP/1.1 header case, and TCP mode's drain.
+//! trailers, the app's GOAWAY relayed, HTTP/1.1 header case, TCP mode's drain, and
+//! several serving ports of different protocols drained as one.
 
 use std::time::Duration;
 
@@ -8,7 +9,9 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{Sidecar, exchange, get, h2_client, start_h2_app, wait_ready};
+use crate::support::{
+    Sidecar, app_config, exchange, get, h2_client, request, start_app, start_h2_app, wait_ready,
+};
 
 fn post(addr: std::net::SocketAddr, body: &'static str) -> http::Request<Full<Bytes>> {
     http::Request::post(format!("http://{addr}/echo"))
@@ -253,4 +256,48 @@ async fn tcp_mode_counts_connections_by_phase_and_outcome() {
     assert_eq!(sidecar.metric(&series("closed")).await, 3.0);
     assert_eq!(sidecar.metric(&series("cut")).await, 1.0);
     assert_eq!(sidecar.metric("lameduck_requests_cut_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn several_ports_of_different_protocols_are_served_and_drained_as_one() {
+    let http_app = start_app(app_config());
+    let h2_app = start_h2_app(true).await;
+    let tcp_app = echo_server().await;
+    let sidecar = Sidecar::new(http_app.addr)
+        .arg(&format!("--listener=127.0.0.1:0={}/h2c", h2_app.addr))
+        .arg(&format!("--listener=127.0.0.1:0={tcp_app}/tcp"))
+        .arg("--app-check=http:/")
+        .arg("--shutdown-delay=300ms")
+        .arg("--drain-timeout=1s")
+        .start()
+        .await;
+    let [h2_listen, tcp_listen] = sidecar.listeners()[..] else {
+        panic!("two more listeners expected:\n{}", sidecar.log());
+    };
+    wait_ready(sidecar.admin, 200).await;
+
+    let reply = request(sidecar.listen, "GET", "/").await.expect("http");
+    assert_eq!(reply.status, 200);
+    let (mut h2, _connection) = h2_client(h2_listen).await;
+    let response = h2.send_request(post(h2_listen, "grpc")).await.expect("h2c");
+    assert_eq!(response.headers()["x-version"], "HTTP/2.0");
+    let body = response.into_body().collect().await.expect("body");
+    assert_eq!(body.trailers().expect("trailers")["grpc-status"], "0");
+    let mut idle = TcpStream::connect(tcp_listen).await.expect("connect");
+    assert!(echo(&mut idle, b"ping").await);
+
+    // One drain for all: the slow request finishes, the idle tunnel is cut and counted.
+    let slow = tokio::spawn(request(sidecar.listen, "POST", "/?wait=0.6"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let drained = get(sidecar.admin, "/drain").await;
+    assert_eq!(drained.text(), "drain timed out: 1 requests cut\n");
+    assert_eq!(slow.await.expect("task").expect("slow").status, 200);
+    for listen in [sidecar.listen, h2_listen, tcp_listen] {
+        assert!(
+            TcpStream::connect(listen).await.is_err(),
+            "{listen} closed after the drain"
+        );
+    }
+    let cut = "lameduck_tcp_connections_total{outcome=\"cut\",phase=\"serving\"}";
+    assert_eq!(sidecar.metric(cut).await, 1.0);
 }

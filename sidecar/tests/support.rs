@@ -82,6 +82,15 @@ impl DerefMut for Running {
 }
 
 impl Running {
+    /// The serving addresses of the `--listener`s, in order (from the log).
+    pub(crate) fn listeners(&self) -> Vec<SocketAddr> {
+        self.log()
+            .lines()
+            .filter(|line| line.contains(" listener bound"))
+            .filter_map(|line| log_field(line, "listen"))
+            .collect()
+    }
+
     /// The value of one metric series on the admin port.
     pub(crate) async fn metric(&self, series: &str) -> f64 {
         let text = get(self.admin, lameduck_contract::admin::METRICS)

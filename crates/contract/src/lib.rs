@@ -50,6 +50,9 @@ pub mod env {
     pub const PROTOCOL: &str = "LAMEDUCK_PROTOCOL";
     /// How requests reach the app: `http1`, `h2c` (HTTP/2 prior knowledge) or `auto`.
     pub const UPSTREAM_PROTOCOL: &str = "LAMEDUCK_UPSTREAM_PROTOCOL";
+    /// More serving ports, comma-separated `LISTEN=UPSTREAM[/MODE]`
+    /// (MODE `http1`, `h2c`, `auto` or `tcp`).
+    pub const LISTENERS: &str = "LAMEDUCK_LISTENERS";
     /// Log format (`text` or `json`).
     pub const LOG_FORMAT: &str = "LAMEDUCK_LOG_FORMAT";
     /// Log filter, in `tracing-subscriber`'s `EnvFilter` syntax.

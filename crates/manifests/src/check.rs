@@ -4,7 +4,9 @@
 //! - `pre-stop`: a serving container needs a preStop hook (a sleep, or the sidecar's drain);
 //! - `grace-period`: `terminationGracePeriodSeconds ≥ preStop + drain + margin`, which
 //!   no common linter checks;
-//! - `max-unavailable`: a rollout must keep at least one ready pod.
+//! - `max-unavailable`: a rollout must keep at least one ready pod;
+//! - `service-protocol`: a Service port that names a protocol must reach a pod port
+//!   that serves it ([`protocol`]).
 //!
 //! Every kind with a pod template is linted (Jobs and CronJobs too, as `inject`
 //! injects them); the rollout rule applies to Deployments.
@@ -14,6 +16,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::inject::SIDECAR_NAME;
+
+mod protocol;
 use crate::workload::{self, RollingUpdate, Strategy};
 
 /// Seconds added on top of preStop and drain.
@@ -54,6 +58,20 @@ pub fn check(documents: &[Value], drain_seconds: u64) -> Vec<Finding> {
         };
         check_object(object, drain_seconds, &mut finding);
     }
+    let objects: Vec<&Value> = workload::objects(documents).collect();
+    for (document, message) in protocol::check(documents) {
+        let Some(object) = objects.get(document) else {
+            continue;
+        };
+        findings.push(Finding {
+            document,
+            kind: workload::kind(object).to_owned(),
+            name: workload::name(object).to_owned(),
+            rule: "service-protocol",
+            message,
+        });
+    }
+    findings.sort_by_key(|f| f.document);
     findings
 }
 
@@ -224,6 +242,38 @@ mod tests {
             .replace("CronJob", "Job")
             .replace("  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers:\n          - name: a\n            ports", "  template:\n    spec:\n      containers:\n      - name: a\n        ports");
         assert_eq!(rules(&job), ["readiness-probe", "pre-stop"]);
+    }
+
+    #[test]
+    fn a_service_naming_another_protocol_than_the_pod_serves_is_found() {
+        let pod = "kind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    metadata: {labels: {app: a}}\n    spec:\n      terminationGracePeriodSeconds: 60\n      containers:\n      - name: a\n        ports: [{containerPort: 50051, name: grpc}]\n        readinessProbe: {grpc: {port: 50051}}\n        lifecycle: {preStop: {sleep: {seconds: 5}}}\n";
+        let service = |port: &str| {
+            format!(
+                "kind: Service\nmetadata: {{name: s}}\nspec:\n  selector: {{app: a}}\n  ports: [{port}]\n---\n{pod}"
+            )
+        };
+        let http = service("{name: http-api, port: 80, targetPort: grpc}");
+        assert_eq!(rules(&http), ["service-protocol"]);
+        let grpc = service("{name: grpc, port: 80, targetPort: 50051}");
+        assert!(rules(&grpc).is_empty());
+        let unnamed = service("{port: 80, targetPort: grpc}");
+        assert!(rules(&unnamed).is_empty());
+        // Behind the sidecar, its listener mode is what serves the port.
+        let injected = "kind: Service\nmetadata: {name: s}\nspec:\n  selector: {app: a}\n  ports: [{name: grpc, port: 80, targetPort: 18080}]\n---\nkind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    metadata: {labels: {app: a}}\n    spec:\n      terminationGracePeriodSeconds: 60\n      containers:\n      - name: lameduck-sidecar\n        env: [{name: LAMEDUCK_LISTEN, value: '0.0.0.0:18080'}]\n        ports: [{containerPort: 18080}]\n        readinessProbe: {httpGet: {port: 19901, path: /ready}}\n      - name: a\n        ports: [{containerPort: 50051}]\n        lifecycle: {preStop: {sleep: {seconds: 5}}}\n";
+        let findings = check(&parse_stream("t", injected).expect("valid"), 10);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(
+            findings[0]
+                .message
+                .contains("says grpc but the sidecar fronts it as http"),
+            "{}",
+            findings[0].message
+        );
+        let fixed = injected.replace(
+            "value: '0.0.0.0:18080'}]",
+            "value: '0.0.0.0:18080'}, {name: LAMEDUCK_UPSTREAM_PROTOCOL, value: h2c}]",
+        );
+        assert!(rules(&fixed).is_empty());
     }
 
     #[test]

@@ -5,14 +5,16 @@
 //! exact and [`inject`] idempotent: re-injecting first takes the old injection out,
 //! keeping its drain token.
 //!
-//! - [`pod`]: one pod template in and out (the app's port, preStop, grace period);
-//! - [`port`]: which container port is the serving one;
+//! - [`pod`]: one pod template in and out (the app's ports, preStop, grace period);
+//! - [`port`]: which container ports the sidecar fronts;
+//! - [`protocol`]: which protocol each of them speaks, and the evidence;
 //! - [`sidecar`]: the sidecar container itself;
 //! - [`service`]: Services that reach an injected pod by the app's port number;
 //! - [`record`]: what was changed, so it can be undone.
 
 mod pod;
 mod port;
+pub(crate) mod protocol;
 mod record;
 mod service;
 mod sidecar;
@@ -25,8 +27,12 @@ use crate::workload::{self, TemplatePaths};
 
 /// Pod template annotation: `disabled` opts a workload out.
 pub const ANNOTATION_INJECT: &str = "lameduck.dev/inject";
-/// Pod template annotation: the serving port (name or number) when ambiguous.
+/// Pod template annotation: the serving ports (names or numbers, comma-separated) when
+/// no Service of the stream says, or to front fewer.
 pub const ANNOTATION_APP_PORT: &str = "lameduck.dev/app-port";
+/// Pod template annotation: how the serving ports are fronted (`http`, `h2c`, `grpc`,
+/// `tcp` or `skip`), for all of them or as `PORT=PROTOCOL,...`.
+pub const ANNOTATION_PROTOCOL: &str = "lameduck.dev/protocol";
 /// Pod template annotation: shutdown delay for this workload (e.g. `20s`).
 pub const ANNOTATION_SHUTDOWN_DELAY: &str = "lameduck.dev/shutdown-delay";
 /// Pod template annotation: drain timeout for this workload.
@@ -37,6 +43,8 @@ pub const ANNOTATION_APP_CHECK: &str = "lameduck.dev/app-check";
 pub const ANNOTATION_APP_STOP_TIME: &str = "lameduck.dev/app-stop-time";
 /// Annotation holding what injection changed (pod templates and Services).
 pub const ANNOTATION_INJECTED: &str = "lameduck.dev/injected";
+
+pub use protocol::{Evidence, PortProtocol};
 
 pub use lameduck_contract::pod::{
     ADMIN_PORT_NAME, APP_PORT_NAME, SIDECAR_CONTAINER as SIDECAR_NAME,
@@ -143,6 +151,64 @@ impl std::fmt::Display for Skipped {
     }
 }
 
+/// How one port of an injected workload is fronted, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// `name/number`, or the number.
+    pub port: String,
+    /// The protocol it is fronted with (`skip`: not fronted).
+    pub protocol: PortProtocol,
+    /// Why.
+    pub evidence: String,
+    /// The sidecar's serving port in front of it.
+    pub sidecar_port: Option<u16>,
+}
+
+/// The choices made for one injected workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    /// The document's index.
+    pub document: usize,
+    /// `Kind/name`.
+    pub object: String,
+    /// One per serving port considered.
+    pub ports: Vec<Choice>,
+}
+
+impl std::fmt::Display for Chosen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (document {}):", self.object, self.document)?;
+        for (i, choice) in self.ports.iter().enumerate() {
+            let separator = if i == 0 { " " } else { "; " };
+            match choice.sidecar_port {
+                Some(sidecar) => write!(
+                    f,
+                    "{separator}port {} as {} behind {sidecar} ({})",
+                    choice.port,
+                    choice.protocol.as_str(),
+                    choice.evidence
+                )?,
+                None => write!(
+                    f,
+                    "{separator}port {} left alone ({})",
+                    choice.port, choice.evidence
+                )?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `inject` did: how each injected workload's ports are fronted, and the
+/// workloads left alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Injected workloads, in stream order.
+    pub chosen: Vec<Chosen>,
+    /// Workloads left alone.
+    pub skipped: Vec<Skipped>,
+}
+
 /// One object of the stream being worked on: where it is, and where its pod
 /// template is (none for a Service).
 #[derive(Debug)]
@@ -195,24 +261,34 @@ fn try_for_each_object<E>(
 }
 
 /// Injects the sidecar into every pod template of the stream that serves a port, and
-/// points the stream's Services at it. Returns the workloads left alone.
-pub fn inject(documents: &mut [Value], options: &Options) -> Result<Vec<Skipped>, InjectError> {
+/// points the stream's Services at it. Returns what was chosen and what left alone.
+pub fn inject(documents: &mut [Value], options: &Options) -> Result<Report, InjectError> {
     // Services fixed by an earlier injection are fixed again from scratch below.
+    let mut services = Vec::new();
     try_for_each_object(documents, |document, object| {
         if workload::kind(object) == "Service" {
             service::uninject(object, &Located::new(document, object))?;
+            services.push(service::ServiceFacts::of(object));
         }
         Ok(())
     })?;
     let mut skipped = Vec::new();
+    let mut chosen = Vec::new();
     let mut pods = service::Pods::default();
     try_for_each_object(documents, |document, object| {
         if workload::pod_template_paths(workload::kind(object)).is_none() {
             return Ok(());
         }
         let at = Located::new(document, object);
-        match pod::inject(object, &at, options)? {
-            pod::Outcome::Injected(injected) => pods.injected.push(injected),
+        match pod::inject(object, &at, options, &services)? {
+            pod::Outcome::Injected(injected, ports) => {
+                pods.injected.push(injected);
+                chosen.push(Chosen {
+                    document,
+                    object: format!("{}/{}", at.kind, at.name),
+                    ports,
+                });
+            }
             pod::Outcome::Skipped { reason, serving } => {
                 pods.not_injected.push(serving);
                 skipped.push(Skipped {
@@ -231,7 +307,7 @@ pub fn inject(documents: &mut [Value], options: &Options) -> Result<Vec<Skipped>
         }
         Ok(())
     })?;
-    Ok(skipped)
+    Ok(Report { chosen, skipped })
 }
 
 /// Takes out everything [`inject`] added, exactly.

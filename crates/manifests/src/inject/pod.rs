@@ -6,19 +6,22 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use super::port::Fronted;
+use super::protocol::{self, Annotated, Evidence, PortProtocol};
 use super::record::{self, PodRecord};
-use super::service::{Injected, Serving};
+use super::service::{Injected, ServiceFacts, Serving};
 use super::{
     ANNOTATION_APP_CHECK, ANNOTATION_APP_STOP_TIME, ANNOTATION_DRAIN_TIMEOUT, ANNOTATION_INJECT,
-    ANNOTATION_INJECTED, ANNOTATION_SHUTDOWN_DELAY, APP_PORT_NAME, GRACE_MARGIN_SECONDS,
-    InjectError, Located, Mode, Options, SIDECAR_NAME, annotations, labels, port, sidecar,
+    ANNOTATION_INJECTED, ANNOTATION_PROTOCOL, ANNOTATION_SHUTDOWN_DELAY, APP_PORT_NAME, Choice,
+    GRACE_MARGIN_SECONDS, InjectError, Located, Mode, Options, SIDECAR_NAME, annotations, labels,
+    port, sidecar,
 };
 use crate::workload::{self, DEFAULT_GRACE_SECONDS};
 
 /// What became of one pod template.
 pub(super) enum Outcome {
-    /// The sidecar was added.
-    Injected(Injected),
+    /// The sidecar was added; how each port is fronted.
+    Injected(Injected, Vec<Choice>),
     /// Left alone, though it serves (the Service check needs to know).
     Skipped { reason: String, serving: Serving },
     /// No container port: nothing to front.
@@ -38,6 +41,7 @@ pub(super) fn inject(
     object: &mut Value,
     at: &Located,
     options: &Options,
+    services: &[ServiceFacts],
 ) -> Result<Outcome, InjectError> {
     let Some(spec) = object.pointer(at.paths.spec) else {
         return Ok(Outcome::NotServing);
@@ -55,10 +59,25 @@ pub(super) fn inject(
     }
     let settings = settings(object, at, options)?;
     let notes = annotations(object, at);
+    let pod_labels = labels(object, at);
+    let selecting: Vec<&ServiceFacts> =
+        services.iter().filter(|s| s.selects(&pod_labels)).collect();
+    let Some(spec) = object.pointer(at.paths.spec) else {
+        return Ok(Outcome::NotServing);
+    };
+    let app = App::choose(spec, at, &notes, &selecting, options)?;
+    if app.ports.is_empty() {
+        // Every serving port is `skip`: nothing to front; the earlier injection is out.
+        let serving = Serving {
+            labels: pod_labels,
+            ports: workload::container_ports(spec, &["containers"]),
+        };
+        let reason = format!("every serving port is skip ({ANNOTATION_PROTOCOL})");
+        return Ok(Outcome::Skipped { reason, serving });
+    }
     let Some(spec) = object.pointer_mut(at.paths.spec) else {
         return Ok(Outcome::NotServing);
     };
-    let app = App::choose(spec, at, &notes, options)?;
     let record = rewrite_spec(spec, &app, &settings, options);
     let record = PodRecord {
         annotations: object.pointer(&at.metadata("/annotations")).is_some(),
@@ -66,11 +85,15 @@ pub(super) fn inject(
         ..record
     };
     record::write(object, at.paths.metadata, &record);
-    Ok(Outcome::Injected(Injected {
+    let injected = Injected {
         labels: labels(object, at),
-        app_port: app.port,
-        sidecar_port: options.sidecar_port,
-    }))
+        ports: app
+            .ports
+            .iter()
+            .map(|p| (p.fronted.number, p.sidecar_port))
+            .collect(),
+    };
+    Ok(Outcome::Injected(injected, app.choices()))
 }
 
 /// Why a serving template is left alone, if it is.
@@ -121,13 +144,23 @@ fn settings(object: &mut Value, at: &Located, options: &Options) -> Result<Setti
     })
 }
 
-/// The app container and its serving port, checked for what injection needs.
+/// One port the sidecar fronts, and how.
+struct Port {
+    fronted: Fronted,
+    protocol: PortProtocol,
+    evidence: Evidence,
+    /// The sidecar's listener in front of it.
+    sidecar_port: u16,
+}
+
+/// The app container and the ports the sidecar fronts (the app check's first),
+/// checked for what injection needs.
 struct App {
     container: usize,
-    port_index: usize,
     name: String,
-    port: u16,
-    port_name: Option<String>,
+    ports: Vec<Port>,
+    /// Ports left to clients (`skip`), with why.
+    skipped: Vec<(Fronted, Evidence)>,
     check: String,
 }
 
@@ -136,9 +169,20 @@ impl App {
         spec: &Value,
         at: &Located,
         notes: &Map<String, Value>,
+        services: &[&ServiceFacts],
         options: &Options,
     ) -> Result<Self, InjectError> {
-        let (container, port_index) = port::choose(spec, at, notes)?;
+        let fronted = port::choose(spec, at, notes, services)?;
+        let annotated = match notes.get(ANNOTATION_PROTOCOL).and_then(Value::as_str) {
+            Some(text) => Some(Annotated::parse(text).map_err(|message| {
+                at.error(
+                    &at.metadata(&format!("/annotations/{ANNOTATION_PROTOCOL}")),
+                    message,
+                )
+            })?),
+            None => None,
+        };
+        let container = fronted.first().map_or(0, |f| f.container);
         let app = &spec["containers"][container];
         let name = workload::container_name(app).to_owned();
         let app_path = format!("{}/containers/{container}", at.paths.spec);
@@ -151,26 +195,50 @@ impl App {
                 ),
             ));
         }
-        let declared = &app["ports"][port_index];
-        let port = declared
-            .get("containerPort")
-            .and_then(Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| {
+        let mut ports = Vec::new();
+        let mut skipped = Vec::new();
+        for fronted in fronted {
+            let facts = protocol::Facts {
+                container: app,
+                declared: &app["ports"][fronted.index],
+                number: fronted.number,
+                services: fronted.services.clone(),
+            };
+            let said = annotated
+                .as_ref()
+                .and_then(|a| a.for_port(fronted.name.as_deref(), fronted.number));
+            let (protocol, evidence) = protocol::classify(&facts, said).map_err(|message| {
                 at.error(
-                    &format!("{app_path}/ports/{port_index}"),
-                    "containerPort is not a port number",
+                    &format!("{app_path}/ports/{}", fronted.index),
+                    format!("port {}: {message}", describe(&fronted)),
                 )
             })?;
-        let port_name = declared
-            .get("name")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let taken = workload::container_ports(spec, &["containers", "initContainers"]);
-        if let Some(taken) = taken
-            .into_iter()
-            .find(|p| *p == options.sidecar_port || *p == options.admin_port)
+            if protocol == PortProtocol::Skip {
+                skipped.push((fronted, evidence));
+            } else {
+                ports.push(Port {
+                    fronted,
+                    protocol,
+                    evidence,
+                    sidecar_port: 0,
+                });
+            }
+        }
+        // The port the app's readiness probe asks goes first: the app check asks it too.
+        if let Some(probed) = ports
+            .iter()
+            .position(|p| readiness_probe_port(app, &p.fronted))
         {
+            let first = ports.remove(probed);
+            ports.insert(0, first);
+        }
+        let needed = u16::try_from(ports.len()).unwrap_or(u16::MAX);
+        let taken = workload::container_ports(spec, &["containers", "initContainers"]);
+        let wanted: Vec<u16> = (0..needed)
+            .filter_map(|i| options.sidecar_port.checked_add(i))
+            .chain([options.admin_port])
+            .collect();
+        if let Some(taken) = taken.into_iter().find(|p| wanted.contains(p)) {
             return Err(at.error(
                 &format!("{}/containers", at.paths.spec),
                 format!(
@@ -178,18 +246,110 @@ impl App {
                 ),
             ));
         }
-        let check = match notes.get(ANNOTATION_APP_CHECK).and_then(Value::as_str) {
-            Some(check) => check.to_owned(),
-            None => sidecar::app_check_from_probe(app, port, port_name.as_deref()),
+        if wanted.len() <= ports.len() {
+            return Err(at.error(
+                &format!("{}/containers", at.paths.spec),
+                "the sidecar's serving ports would run past 65535; give it a lower --sidecar-port",
+            ));
+        }
+        for (port, number) in ports.iter_mut().zip(&wanted) {
+            port.sidecar_port = *number;
+        }
+        let check = match (
+            notes.get(ANNOTATION_APP_CHECK).and_then(Value::as_str),
+            ports.first(),
+        ) {
+            (Some(check), _) => check.to_owned(),
+            (None, Some(first)) => app_check(app, first),
+            (None, None) => "tcp".to_owned(),
         };
+        if let Some(first) = ports.first()
+            && first.protocol == PortProtocol::Tcp
+            && check != "tcp"
+        {
+            return Err(at.error(
+                &at.metadata(&format!("/annotations/{ANNOTATION_APP_CHECK}")),
+                format!(
+                    "{ANNOTATION_APP_CHECK}={check:?} cannot work on port {}, which is fronted as tcp: use tcp",
+                    describe(&first.fronted)
+                ),
+            ));
+        }
         Ok(Self {
             container,
-            port_index,
             name,
-            port,
-            port_name,
+            ports,
+            skipped,
             check,
         })
+    }
+
+    /// What was chosen for each port, for the report.
+    fn choices(&self) -> Vec<Choice> {
+        let fronted = self.ports.iter().map(|p| Choice {
+            port: describe(&p.fronted),
+            protocol: p.protocol,
+            evidence: p.evidence.to_string(),
+            sidecar_port: Some(p.sidecar_port),
+        });
+        let skipped = self.skipped.iter().map(|(f, evidence)| Choice {
+            port: describe(f),
+            protocol: PortProtocol::Skip,
+            evidence: evidence.to_string(),
+            sidecar_port: None,
+        });
+        fronted.chain(skipped).collect()
+    }
+}
+
+/// `name/number`, or the number of an unnamed port.
+fn describe(port: &Fronted) -> String {
+    match &port.name {
+        Some(name) => format!("{name}/{}", port.number),
+        None => port.number.to_string(),
+    }
+}
+
+/// Whether the app's readiness probe asks this port.
+fn readiness_probe_port(app: &Value, port: &Fronted) -> bool {
+    let Some(probe) = app.get("readinessProbe") else {
+        return false;
+    };
+    let on_port = |value: Option<&Value>| match value {
+        Some(Value::Number(n)) => n.as_u64() == Some(u64::from(port.number)),
+        Some(Value::String(s)) => {
+            Some(s.as_str()) == port.name.as_deref() || s.parse::<u16>().ok() == Some(port.number)
+        }
+        _ => false,
+    };
+    on_port(probe.pointer("/httpGet/port"))
+        || on_port(probe.pointer("/tcpSocket/port"))
+        || protocol::grpc_probe(app, port.number).is_some_and(|p| p.readiness)
+}
+
+/// The sidecar's app check for the port it asks: the app's own readiness probe where
+/// it can be read (an HTTP path, or the gRPC health service when the app has a gRPC
+/// probe, so it is known to serve it), else a TCP connect.
+fn app_check(app: &Value, port: &Port) -> String {
+    match port.protocol {
+        PortProtocol::Tcp | PortProtocol::Skip => "tcp".to_owned(),
+        PortProtocol::Grpc => match protocol::grpc_probe(app, port.fronted.number) {
+            Some(probe) if probe.service.is_empty() => "grpc".to_owned(),
+            Some(probe) => format!("grpc:{}", probe.service),
+            None => "tcp".to_owned(),
+        },
+        PortProtocol::Http | PortProtocol::H2c => {
+            sidecar::app_check_from_probe(app, port.fronted.number, port.fronted.name.as_deref())
+        }
+    }
+}
+
+/// The name an app port is renamed to when its sidecar port takes over its name.
+fn app_port_name(position: usize) -> String {
+    if position == 0 {
+        APP_PORT_NAME.to_owned()
+    } else {
+        format!("{APP_PORT_NAME}-{}", position + 1)
     }
 }
 
@@ -197,9 +357,12 @@ impl App {
 fn rewrite_spec(spec: &mut Value, app: &App, settings: &Settings, options: &Options) -> PodRecord {
     let container = &mut spec["containers"][app.container];
     let lifecycle_existed = container.get("lifecycle").is_some();
-    if let Some(name) = &app.port_name {
-        container["ports"][app.port_index]["name"] = json!(APP_PORT_NAME);
-        rename_probe_ports(container, name, APP_PORT_NAME);
+    for (position, port) in app.ports.iter().enumerate() {
+        if let Some(name) = &port.fronted.name {
+            let renamed = app_port_name(position);
+            container["ports"][port.fronted.index]["name"] = json!(renamed);
+            rename_probe_ports(container, name, &renamed);
+        }
     }
     set_pre_stop(container, drain_hook(options.admin_port, &settings.token));
 
@@ -218,12 +381,21 @@ fn rewrite_spec(spec: &mut Value, app: &App, settings: &Settings, options: &Opti
         if current < needed {
             map.insert("terminationGracePeriodSeconds".to_owned(), json!(needed));
         }
+        let listeners: Vec<sidecar::Listener<'_>> = app
+            .ports
+            .iter()
+            .map(|port| sidecar::Listener {
+                sidecar_port: port.sidecar_port,
+                app_port: port.fronted.number,
+                port_name: port.fronted.name.as_deref(),
+                mode: port.protocol.listener_mode(),
+            })
+            .collect();
         let sidecar = sidecar::container(
             options,
             &sidecar::Wiring {
                 token: &settings.token,
-                app_port: app.port,
-                port_name: app.port_name.as_deref(),
+                listeners,
                 app_check: &app.check,
                 shutdown_delay: settings.shutdown_delay,
                 drain_timeout: settings.drain_timeout,
@@ -231,9 +403,11 @@ fn rewrite_spec(spec: &mut Value, app: &App, settings: &Settings, options: &Opti
         );
         add_sidecar(map, sidecar, options.mode);
     }
+    let mut names = app.ports.iter().map(|p| p.fronted.name.clone());
     PodRecord {
         container: app.name.clone(),
-        port_name: app.port_name.clone(),
+        port_name: names.next().flatten(),
+        more_port_names: names.collect(),
         grace: grace_before,
         lifecycle: lifecycle_existed,
         init_containers: init_existed,
@@ -372,18 +546,21 @@ fn restore_app(app: &mut Value, record: &PodRecord) {
     {
         map.shift_remove("lifecycle");
     }
-    if let Some(name) = &record.port_name {
+    let names = std::iter::once(&record.port_name).chain(&record.more_port_names);
+    for (position, name) in names.enumerate() {
+        let Some(name) = name else { continue };
+        let renamed_to = app_port_name(position);
         let renamed = app
             .get_mut("ports")
             .and_then(Value::as_array_mut)
             .and_then(|ports| {
                 ports
                     .iter_mut()
-                    .find(|p| p.get("name").and_then(Value::as_str) == Some(APP_PORT_NAME))
+                    .find(|p| p.get("name").and_then(Value::as_str) == Some(renamed_to.as_str()))
             });
         if let Some(port) = renamed {
             port["name"] = json!(name);
         }
-        rename_probe_ports(app, APP_PORT_NAME, name);
+        rename_probe_ports(app, &renamed_to, name);
     }
 }

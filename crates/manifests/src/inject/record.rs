@@ -15,6 +15,9 @@ pub(super) struct PodRecord {
     pub(super) container: String,
     /// The app port's name before the sidecar took it over.
     pub(super) port_name: Option<String>,
+    /// The names of the other fronted app ports before the sidecar took them over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) more_port_names: Vec<Option<String>>,
     /// `terminationGracePeriodSeconds` as it was (absent or null: none).
     pub(super) grace: Option<Value>,
     /// The app container had a `lifecycle` before.
@@ -121,6 +124,7 @@ mod tests {
         let record = PodRecord {
             container: "app".to_owned(),
             port_name: Some("http".to_owned()),
+            more_port_names: Vec::new(),
             grace: None,
             lifecycle: false,
             init_containers: true,

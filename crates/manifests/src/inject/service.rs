@@ -11,8 +11,44 @@ use super::{ANNOTATION_INJECTED, InjectError, Located};
 /// A pod template that got the sidecar, as the Services see it.
 pub(super) struct Injected {
     pub(super) labels: Map<String, Value>,
-    pub(super) app_port: u16,
-    pub(super) sidecar_port: u16,
+    /// Each fronted app port and the sidecar port in front of it.
+    pub(super) ports: Vec<(u16, u16)>,
+}
+
+/// A Service of the stream as injection found it (before any change).
+#[derive(Debug, Clone)]
+pub(super) struct ServiceFacts {
+    pub(super) name: String,
+    selector: Map<String, Value>,
+    /// Its TCP ports.
+    pub(super) ports: Vec<Value>,
+}
+
+impl ServiceFacts {
+    pub(super) fn of(service: &Value) -> Self {
+        let ports = service
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.get("protocol").and_then(Value::as_str).unwrap_or("TCP") == "TCP")
+            .cloned()
+            .collect();
+        Self {
+            name: crate::workload::name(service).to_owned(),
+            selector: service
+                .pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            ports,
+        }
+    }
+
+    /// Whether it selects pods labelled `labels`.
+    pub(super) fn selects(&self, labels: &Map<String, Value>) -> bool {
+        selects(&self.selector, labels)
+    }
 }
 
 /// A pod template that serves but was left alone.
@@ -52,10 +88,11 @@ pub(super) fn inject(service: &mut Value, at: &Located, pods: &Pods) -> Result<(
     let Some(pod) = pods.injected.iter().find(|p| selects(&selector, &p.labels)) else {
         return Ok(());
     };
-    let shared = pods
-        .not_injected
-        .iter()
-        .any(|s| selects(&selector, &s.labels) && s.ports.contains(&pod.app_port));
+    let shared = |app_port: u16| {
+        pods.not_injected
+            .iter()
+            .any(|s| selects(&selector, &s.labels) && s.ports.contains(&app_port))
+    };
     let mut target_ports = Map::new();
     let mut failure = None;
     let ports = service
@@ -64,22 +101,25 @@ pub(super) fn inject(service: &mut Value, at: &Located, pods: &Pods) -> Result<(
         .into_iter()
         .flatten();
     for (index, port) in ports.enumerate() {
-        if target_number(port) != Some(u64::from(pod.app_port)) {
+        let Some(&(app_port, sidecar_port)) = pod
+            .ports
+            .iter()
+            .find(|(app, _)| target_number(port) == Some(u64::from(*app)))
+        else {
             continue;
-        }
-        if shared && failure.is_none() {
+        };
+        if shared(app_port) && failure.is_none() {
             failure = Some(at.error(
                 &format!("/spec/ports/{index}/targetPort"),
                 format!(
-                    "targets port {} by number on pods of which only some get the sidecar; target the port by name instead",
-                    pod.app_port
+                    "targets port {app_port} by number on pods of which only some get the sidecar; target the port by name instead"
                 ),
             ));
         }
         let before = port.get("targetPort").cloned().unwrap_or(Value::Null);
         target_ports.insert(index.to_string(), before);
         if let Some(map) = port.as_object_mut() {
-            map.insert("targetPort".to_owned(), json!(pod.sidecar_port));
+            map.insert("targetPort".to_owned(), json!(sidecar_port));
         }
     }
     if let Some(error) = failure {

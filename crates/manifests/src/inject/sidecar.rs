@@ -10,12 +10,21 @@ use serde_json::{Map, Value, json};
 
 use super::{ADMIN_PORT_NAME, Mode, Options, SIDECAR_NAME};
 
-/// How the sidecar is wired to this pod's app.
-pub(super) struct Wiring<'a> {
-    pub(super) token: &'a str,
+/// One serving port of the sidecar and the app port behind it.
+pub(super) struct Listener<'a> {
+    pub(super) sidecar_port: u16,
     pub(super) app_port: u16,
     /// The name the app's port had; the sidecar's serving port takes it over.
     pub(super) port_name: Option<&'a str>,
+    /// `http1`, `h2c` or `tcp`.
+    pub(super) mode: &'static str,
+}
+
+/// How the sidecar is wired to this pod's app.
+pub(super) struct Wiring<'a> {
+    pub(super) token: &'a str,
+    /// The app check's port first.
+    pub(super) listeners: Vec<Listener<'a>>,
     pub(super) app_check: &'a str,
     pub(super) shutdown_delay: Duration,
     pub(super) drain_timeout: Duration,
@@ -28,24 +37,53 @@ fn seconds_text(d: Duration) -> String {
 /// The sidecar container.
 pub(super) fn container(options: &Options, wiring: &Wiring<'_>) -> Value {
     let var = |name: &str, value: String| json!({"name": name, "value": value});
-    let mut serving = Map::new();
-    if let Some(name) = wiring.port_name {
-        serving.insert("name".to_owned(), json!(name));
+    let mut ports = Vec::new();
+    for listener in &wiring.listeners {
+        let mut serving = Map::new();
+        if let Some(name) = listener.port_name {
+            serving.insert("name".to_owned(), json!(name));
+        }
+        serving.insert("containerPort".to_owned(), json!(listener.sidecar_port));
+        ports.push(Value::Object(serving));
     }
-    serving.insert("containerPort".to_owned(), json!(options.sidecar_port));
+    ports.push(json!({"name": ADMIN_PORT_NAME, "containerPort": options.admin_port}));
+    let mut vars = Vec::new();
+    if let Some(first) = wiring.listeners.first() {
+        vars.push(var(env::LISTEN, format!("0.0.0.0:{}", first.sidecar_port)));
+        vars.push(var(env::UPSTREAM, format!("127.0.0.1:{}", first.app_port)));
+        // Only what differs from the sidecar's defaults (HTTP/1.1 to the app).
+        match first.mode {
+            "tcp" => vars.push(var(env::PROTOCOL, "tcp".to_owned())),
+            "h2c" => vars.push(var(env::UPSTREAM_PROTOCOL, "h2c".to_owned())),
+            _ => {}
+        }
+    }
+    let more: Vec<String> = wiring
+        .listeners
+        .iter()
+        .skip(1)
+        .map(|l| {
+            format!(
+                "0.0.0.0:{}=127.0.0.1:{}/{}",
+                l.sidecar_port, l.app_port, l.mode
+            )
+        })
+        .collect();
+    if !more.is_empty() {
+        vars.push(var(env::LISTENERS, more.join(",")));
+    }
+    vars.extend([
+        var(env::ADMIN, format!("0.0.0.0:{}", options.admin_port)),
+        var(env::APP_CHECK, wiring.app_check.to_owned()),
+        var(env::SHUTDOWN_DELAY, seconds_text(wiring.shutdown_delay)),
+        var(env::DRAIN_TIMEOUT, seconds_text(wiring.drain_timeout)),
+        var(env::DRAIN_TOKEN, wiring.token.to_owned()),
+    ]);
     let mut container = json!({
         "name": SIDECAR_NAME,
         "image": options.image,
-        "env": [
-            var(env::LISTEN, format!("0.0.0.0:{}", options.sidecar_port)),
-            var(env::UPSTREAM, format!("127.0.0.1:{}", wiring.app_port)),
-            var(env::ADMIN, format!("0.0.0.0:{}", options.admin_port)),
-            var(env::APP_CHECK, wiring.app_check.to_owned()),
-            var(env::SHUTDOWN_DELAY, seconds_text(wiring.shutdown_delay)),
-            var(env::DRAIN_TIMEOUT, seconds_text(wiring.drain_timeout)),
-            var(env::DRAIN_TOKEN, wiring.token.to_owned()),
-        ],
-        "ports": [Value::Object(serving), {"name": ADMIN_PORT_NAME, "containerPort": options.admin_port}],
+        "env": vars,
+        "ports": ports,
         "readinessProbe": {
             "httpGet": {"path": admin::READY, "port": ADMIN_PORT_NAME},
             "periodSeconds": 1,
