@@ -65,3 +65,4 @@ render: ## re-render k8s/rendered/*.yaml from the overlays (the lab reads these)
 bench: ## benchmarks, side by side in one run (see benches/README.md)
 	benches/proxy-overhead/run.sh
 	benches/load-peers/run.sh
+	benches/grpc-load/run.sh

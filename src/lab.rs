@@ -53,6 +53,14 @@ pub(crate) struct LabArgs {
     /// and `{addr}` are replaced by the pod's address.
     #[arg(long)]
     app_cmd: Option<String>,
+    /// Unary gRPC calls of this method (`/package.Service/Method`) instead of HTTP POSTs,
+    /// over HTTP/2 through the embedded ingress; for a gRPC app given with --app-cmd
+    /// (and its --manifest).
+    #[arg(long, value_name = "/PACKAGE.SERVICE/METHOD", requires = "app_cmd")]
+    grpc: Option<String>,
+    /// The serialized request message of --grpc: hex, or @FILE. Default: empty.
+    #[arg(long, value_name = "HEX|@FILE", requires = "grpc")]
+    grpc_message: Option<String>,
     /// Write a Prometheus configuration here that scrapes every lab sidecar while it
     /// lives (targets and alerting rules are written beside it); start Prometheus with it
     /// to watch the rollout live.
@@ -102,7 +110,7 @@ fn timings(args: &LabArgs) -> String {
     let scale = args.time_scale;
     format!(
         "timings (x{scale}): app startup {:.2}s, readiness period {:.2}s, preStop {:.2}s, grace {:.1}s/{:.1}s (plain/fixed), \
-         sidecar delay {:.2}s + drain {:.2}s, ingress sync {:.2}s + poll {:.2}s, longest request {:.2}s; load {} POST/s",
+         sidecar delay {:.2}s + drain {:.2}s, ingress sync {:.2}s + poll {:.2}s, longest request {:.2}s; load {} {}/s",
         5.0 * scale,
         scale,
         15.0 * scale,
@@ -113,7 +121,12 @@ fn timings(args: &LabArgs) -> String {
         args.sync_interval.as_secs_f64() * scale,
         args.poll_interval.as_secs_f64() * scale,
         10.0 * scale,
-        args.rate
+        args.rate,
+        if args.grpc.is_some() {
+            "gRPC calls"
+        } else {
+            "POST"
+        }
     )
 }
 
@@ -171,6 +184,13 @@ fn config(args: &LabArgs) -> anyhow::Result<LabConfig> {
             .as_deref()
             .map(prometheus_files)
             .transpose()?,
+        grpc: match &args.grpc {
+            Some(method) => Some((
+                method.clone(),
+                crate::load::grpc_message(args.grpc_message.as_deref())?,
+            )),
+            None => None,
+        },
     })
 }
 
@@ -180,6 +200,12 @@ pub(crate) fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         return Ok(crate::usage(
             "lab",
             "--time-scale must be in (0, 1] and --rate above 0",
+        ));
+    }
+    if args.grpc.is_some() && matches!(args.ingress, IngressArg::Nginx) {
+        return Ok(crate::usage(
+            "lab",
+            "--grpc needs the embedded ingress (--ingress embedded)",
         ));
     }
     let config = config(&args)?;

@@ -49,6 +49,14 @@ pub(crate) struct LoadArgs {
     /// HTTP/2 with prior knowledge (h2c).
     #[arg(long)]
     http2: bool,
+    /// Unary gRPC calls of this method (`/package.Service/Method`) instead of HTTP
+    /// requests: HTTP/2 POSTs to the method's path on each --url; a call fails unless
+    /// its grpc-status is 0 (OK).
+    #[arg(long, value_name = "/PACKAGE.SERVICE/METHOD", conflicts_with_all = ["method", "body", "no_keepalive"])]
+    grpc: Option<String>,
+    /// The serialized request message of --grpc: hex, or @FILE for its bytes. Default: empty.
+    #[arg(long, value_name = "HEX|@FILE", requires = "grpc")]
+    grpc_message: Option<String>,
     /// Time a request may take from send to the end of its body.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -115,7 +123,7 @@ impl LoadArgs {
                 .with_context(|| format!("--header={header:?} has an invalid value"))?;
             headers.append(name, value);
         }
-        let config = LoadConfig {
+        let mut config = LoadConfig {
             urls,
             rate: self.rate,
             limit: self
@@ -130,7 +138,12 @@ impl LoadArgs {
             connect_timeout: self.connect_timeout,
             max_inflight: self.max_inflight,
             connections: self.connections,
+            grpc: false,
         };
+        if let Some(method) = &self.grpc {
+            let message = grpc_message(self.grpc_message.as_deref())?;
+            lameduck_load::grpc_request(&mut config, method, &message).map_err(flag_error)?;
+        }
         config.total().map_err(flag_error)?;
         if self.max_inflight == 0 {
             bail!("--max-inflight=0 is not valid: must be at least 1");
@@ -145,6 +158,29 @@ impl LoadArgs {
     }
 }
 
+/// The bytes of `--grpc-message`: hex, or `@FILE`; none is the empty message.
+pub(crate) fn grpc_message(text: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    if let Some(path) = text.strip_prefix('@') {
+        return std::fs::read(path)
+            .with_context(|| format!("--grpc-message={text}: reading {path}"));
+    }
+    let text = text.trim();
+    if text.len() % 2 != 0 {
+        bail!("--grpc-message={text:?} is not valid hex: an odd number of digits");
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| anyhow!("--grpc-message={text:?} is not valid hex"))
+        })
+        .collect()
+}
+
 /// A load error as the flags that caused it spell it.
 fn flag_error(error: LoadError) -> anyhow::Error {
     match error {
@@ -156,6 +192,7 @@ fn flag_error(error: LoadError) -> anyhow::Error {
             anyhow!("between 1 and 255 --url values are needed, not {count}")
         }
         LoadError::Url { url, reason } => anyhow!("--url={url} is not valid: {reason}"),
+        LoadError::Grpc { method, reason } => anyhow!("--grpc={method} is not valid: {reason}"),
     }
 }
 

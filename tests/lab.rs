@@ -304,3 +304,47 @@ fn sigint_mid_run_stops_every_pod_process() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+#[ignore = "system suite: needs python3 with grpcio (LAMEDUCK_SYSTEM_TESTS=1)"]
+fn a_grpc_app_loses_calls_plain_and_none_behind_the_sidecar() {
+    let python = lameduck_test_support::grpc::python();
+    let root = crate::system::repo_root();
+    let mut args = os(&["--scenario", "plain", "--scenario", "sidecar", "--manifest"]);
+    args.push(root.join("examples/grpc/deployment.yaml").into());
+    args.push("--app-cmd".into());
+    args.push(
+        format!(
+            "{} {} --host {{host}} --port {{port}} --stop-grace 0",
+            python.display(),
+            root.join("examples/grpc/app.py").display()
+        )
+        .into(),
+    );
+    // Calls of 100 ms: some are always in flight when a pod stops.
+    args.extend(os(&[
+        "--grpc",
+        "/lameduck.test.Echo/Slow",
+        "--grpc-message",
+        "313030",
+    ]));
+    let (json, table) = run_lab(&args);
+    let scenarios = json["scenarios"].as_array().expect("scenarios");
+    assert!(
+        scenarios[0]["requests"].as_u64().unwrap_or(0) > 300,
+        "calls were made:\n{table}"
+    );
+    assert!(
+        scenarios[0]["failed"].as_u64().unwrap_or(0) > 0,
+        "the plain gRPC app loses calls:\n{table}"
+    );
+    assert!(
+        scenarios[1]["requests"].as_u64().unwrap_or(0) > 1000,
+        "calls were made:\n{table}"
+    );
+    assert_eq!(
+        scenarios[1]["failed"], 0,
+        "behind the sidecar it loses none:\n{table}"
+    );
+    assert!(table.contains("gRPC calls/s"), "{table}");
+}

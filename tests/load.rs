@@ -234,7 +234,7 @@ async fn a_502_is_a_status_not_an_error_and_fails_the_run() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("seq,target,scheduled,sent,done,status,error,bytes,pod,version")
+        Some("seq,target,scheduled,sent,done,status,error,bytes,pod,version,grpc_status")
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), 10);
@@ -393,4 +393,108 @@ async fn a_request_past_its_timeout_is_recorded_as_timeout() {
         let took = record["done"].as_f64().expect("done") - record["sent"].as_f64().expect("sent");
         assert!((0.29..0.6).contains(&took), "timed out after {took}s");
     }
+}
+
+/// `lameduck load --grpc` against a real gRPC server (Python grpcio): every call is
+/// recorded with the `grpc-status` the server gave.
+#[tokio::test]
+#[ignore = "system suite: needs python3 with grpcio (LAMEDUCK_SYSTEM_TESTS=1)"]
+async fn grpc_calls_are_recorded_with_their_grpc_status() {
+    use lameduck_test_support::grpc::{SERVICE, start_app as start_grpc_app};
+
+    let (_app, addr) = start_grpc_app(&[]).await;
+    let url = format!("http://{addr}");
+    let dir = TempDir::new("grpc");
+    let echo = format!("/{SERVICE}/Echo");
+    let calls = |message: &'static str, out: &Path, sum: &Path, method: &str| {
+        let (out, sum) = (
+            out.to_str().expect("path").to_owned(),
+            sum.to_str().expect("path").to_owned(),
+        );
+        let args: Vec<String> = [
+            "--url",
+            &url,
+            "--rate",
+            "500",
+            "--requests",
+            "2000",
+            "--grpc",
+            method,
+            "--grpc-message",
+            message,
+            "-o",
+            &out,
+            "--json-summary",
+            &sum,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&args).await
+        }
+    };
+
+    let (out, sum) = (dir.path("ok.jsonl"), dir.path("ok.json"));
+    let output = calls("68656c6c6f", &out, &sum, &echo).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let all = records(&out);
+    assert_eq!(all.len(), 2000);
+    assert!(
+        all.iter()
+            .all(|r| r["status"] == 200 && r["grpc_status"] == 0),
+        "every call OK"
+    );
+    // The echo of "hello" in its 5-byte gRPC frame.
+    assert!(all.iter().all(|r| r["bytes"] == 10), "{}", all[0]);
+    assert_eq!(summary(&sum)["grpc_statuses"]["0"], 2000);
+
+    // "fail:why" makes the app answer INVALID_ARGUMENT: HTTP 200, a failed call.
+    let (out, sum) = (dir.path("fail.jsonl"), dir.path("fail.json"));
+    let output = calls("6661696c3a776879", &out, &sum, &echo).await;
+    assert_eq!(output.status.code(), Some(1), "failed calls fail the run");
+    let all = records(&out);
+    assert!(
+        all.iter()
+            .all(|r| r["status"] == 200 && r["grpc_status"] == 3)
+    );
+    assert_eq!(summary(&sum)["failed"], 2000);
+
+    let (out, sum) = (dir.path("none.jsonl"), dir.path("none.json"));
+    let missing = format!("/{SERVICE}/NoSuchMethod");
+    let output = calls("", &out, &sum, &missing).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        records(&out).iter().all(|r| r["grpc_status"] == 12),
+        "UNIMPLEMENTED"
+    );
+}
+
+#[test]
+fn bad_grpc_flags_are_named() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lameduck"))
+        .args(["load", "--url", "http://127.0.0.1:1", "--grpc", "Echo"])
+        .output()
+        .expect("lameduck load");
+    assert_eq!(
+        output.status.code(),
+        Some(i32::from(lameduck_contract::exit::USAGE))
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--grpc=Echo is not valid: expected /package.Service/Method"),
+        "{stderr}"
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lameduck"))
+        .args(["load", "--url", "http://127.0.0.1:1", "--grpc", "/a.B/C"])
+        .args(["--grpc-message", "abc"])
+        .output()
+        .expect("lameduck load");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not valid hex"), "{stderr}");
 }

@@ -3,38 +3,16 @@
 //! clients (grpcio, redis-benchmark).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lameduck_test_support::grpc::{python, scripts, start_app as start_grpc_app};
 use lameduck_test_support::process::Process;
-use lameduck_test_support::system::{require_program, require_python_modules};
+use lameduck_test_support::system::require_program;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
 use crate::support::{Sidecar, exchange, get, wait_ready};
-
-fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc")
-}
-
-fn python() -> PathBuf {
-    require_python_modules(&["grpc", "grpc_health"], "grpcio grpcio-health-checking")
-}
-
-/// The gRPC app on a port of its own, killed when dropped.
-async fn start_grpc_app(extra: &[&str]) -> (Process, SocketAddr) {
-    let mut command = Command::new(python());
-    command.arg(scripts().join("app.py")).args(extra);
-    let (process, up) = Process::spawn(&mut command, "grpc-app", |line| {
-        line.strip_prefix("listening on ")?
-            .trim()
-            .parse::<u16>()
-            .ok()
-    });
-    let port = process.until_up(up).await;
-    (process, SocketAddr::from(([127, 0, 0, 1], port)))
-}
 
 /// Runs the gRPC client script and returns its JSON report.
 async fn client(args: &[&str]) -> serde_json::Value {

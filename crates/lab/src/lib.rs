@@ -75,6 +75,9 @@ pub struct LabConfig {
     pub app_cmd: Option<String>,
     /// The Prometheus `file_sd` target file to keep up to date.
     pub prometheus_targets: Option<PathBuf>,
+    /// Unary gRPC calls instead of HTTP POSTs: (method `/package.Service/Method`, the
+    /// serialized request message). Needs a gRPC app and the embedded ingress.
+    pub grpc: Option<(String, Vec<u8>)>,
 }
 
 /// One scenario's outcome.

@@ -191,13 +191,18 @@ struct Load {
 }
 
 impl Load {
-    fn start(config: &LabConfig, front: &Front, long_wait: f64, timeline: &Timeline) -> Self {
+    fn start(
+        config: &LabConfig,
+        front: &Front,
+        long_wait: f64,
+        timeline: &Timeline,
+    ) -> Result<Self, LoadError> {
         let base = format!("http://{}/", front.addr());
         let urls: Vec<Uri> = ["0", "0.05", "0.2", &format!("{long_wait:.3}")]
             .iter()
             .filter_map(|w| format!("{base}?wait={w}").parse().ok())
             .collect();
-        let load = LoadConfig {
+        let mut load = LoadConfig {
             urls,
             rate: config.rate,
             limit: Limit::Duration(Duration::from_secs(600)),
@@ -211,11 +216,17 @@ impl Load {
             // artifact out of the verdicts.
             keepalive: config.ingress == IngressKind::Embedded,
             http2: false,
+            grpc: false,
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_inflight: 10_000,
             connections: None,
         };
+        if let Some((method, message)) = &config.grpc {
+            // One target: the calls' own durations come from the method and message.
+            load.urls.truncate(1);
+            lameduck_load::grpc_request(&mut load, method, message)?;
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let offset = timeline.now();
         let task = tokio::spawn(async move {
@@ -224,7 +235,7 @@ impl Load {
             };
             lameduck_load::run(&load, stop, Arc::new(Progress::default())).await
         });
-        Self { task, stop, offset }
+        Ok(Self { task, stop, offset })
     }
 
     async fn finish(self) -> Result<Report, ScenarioError> {
@@ -266,7 +277,7 @@ pub(crate) async fn run(
     tokio::time::sleep(lag.worst() + Duration::from_millis(50)).await;
 
     let long_wait = 10.0 * scale;
-    let load = Load::start(config, &front, long_wait, &timeline);
+    let load = Load::start(config, &front, long_wait, &timeline)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rollout_started = timeline.now();
     roll(&mut cluster, &workload, &publisher, &timeline).await?;

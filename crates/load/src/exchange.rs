@@ -13,30 +13,51 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
-use crate::record::{ErrorClass, Record};
+use crate::record::{ErrorClass, GRPC_UNKNOWN, Record};
 use crate::{Done, LoadConfig, SEQ_HEADER, micros, worker::Job};
 
 /// Errors of the HTTP clients, classified by walking their sources.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Records a response's status and size, reading its body to the end; returns its
-/// `x-pod` and `x-version` headers.
+/// `x-pod` and `x-version` headers. For a gRPC call, also its `grpc-status` (in the
+/// trailers, or in the headers of a trailers-only response; none at all is UNKNOWN).
 pub(crate) async fn read_response(
     response: http::Response<hyper::body::Incoming>,
     record: &mut Record,
+    grpc: bool,
 ) -> Result<(Option<HeaderValue>, Option<HeaderValue>), BoxError> {
     record.set_status(response.status().as_u16());
     let pod = owned(response.headers().get("x-pod"));
     let version = owned(response.headers().get("x-version"));
+    let mut grpc_status = grpc_status(response.headers());
     let mut body = response.into_body();
     let mut bytes: u64 = 0;
     while let Some(frame) = body.frame().await {
-        if let Some(data) = frame?.data_ref() {
+        let frame = frame?;
+        if let Some(data) = frame.data_ref() {
             bytes += data.len() as u64;
+        } else if let Some(trailers) = frame.trailers_ref() {
+            grpc_status = grpc_status.or_else(|| self::grpc_status(trailers));
         }
     }
     record.bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+    if grpc {
+        record.set_grpc_status(grpc_status.unwrap_or(u32::from(GRPC_UNKNOWN)));
+    }
     Ok((pod, version))
+}
+
+/// The `grpc-status` of a header or trailer block; unparsable counts as UNKNOWN.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    let value = headers.get("grpc-status")?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(u32::from(GRPC_UNKNOWN)),
+    )
 }
 
 /// A copy of a response header value: the value itself is a slice of the connection's
@@ -102,6 +123,7 @@ pub(crate) async fn send(
     job: &Job,
     start: Instant,
     timeout: Duration,
+    grpc: bool,
 ) -> Done {
     let mut record = Record::new(
         job.scheduled_us,
@@ -112,7 +134,7 @@ pub(crate) async fn send(
     let mut version = None;
     let exchange = async {
         let response = client.request(request).await?;
-        (pod, version) = read_response(response, &mut record).await?;
+        (pod, version) = read_response(response, &mut record, grpc).await?;
         Ok::<_, BoxError>(())
     };
     match tokio::time::timeout(timeout, exchange).await {

@@ -82,6 +82,54 @@ pub struct LoadConfig {
     /// The most HTTP/1.1 connections at once (`None`: one per request in flight, the
     /// open model); beyond it, due requests wait for a free connection.
     pub connections: Option<usize>,
+    /// The requests are unary gRPC calls (see [`grpc_request`]): each is recorded
+    /// with its `grpc-status`, and fails unless that is OK.
+    pub grpc: bool,
+}
+
+/// Makes `config` unary gRPC calls of `method` (`/package.Service/Method`) with the
+/// serialized request `message`: HTTP/2, `POST` to the method's path on every target,
+/// `content-type: application/grpc`, `te: trailers`, the message in one
+/// length-prefixed frame.
+pub fn grpc_request(
+    config: &mut LoadConfig,
+    method: &str,
+    message: &[u8],
+) -> Result<(), LoadError> {
+    let invalid = |reason| LoadError::Grpc {
+        method: method.to_owned(),
+        reason,
+    };
+    let parts: Vec<&str> = method.split('/').collect();
+    if !matches!(parts.as_slice(), ["", service, name] if !service.is_empty() && !name.is_empty()) {
+        return Err(invalid("expected /package.Service/Method"));
+    }
+    let length = u32::try_from(message.len()).map_err(|_| invalid("the message is over 4 GiB"))?;
+    for url in &mut config.urls {
+        let mut parts = url.clone().into_parts();
+        parts.path_and_query = Some(
+            method
+                .parse()
+                .map_err(|_| invalid("not a valid URL path"))?,
+        );
+        *url = Uri::from_parts(parts).map_err(|_| invalid("not a valid URL path"))?;
+    }
+    let mut body = Vec::with_capacity(5 + message.len());
+    body.push(0); // not compressed
+    body.extend_from_slice(&length.to_be_bytes());
+    body.extend_from_slice(message);
+    config.body = Bytes::from(body);
+    config.method = Method::POST;
+    config.http2 = true;
+    config.grpc = true;
+    config.headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    config
+        .headers
+        .insert(http::header::TE, HeaderValue::from_static("trailers"));
+    Ok(())
 }
 
 /// A load run that cannot start.
@@ -106,6 +154,14 @@ pub enum LoadError {
     UrlCount {
         /// URLs given.
         count: usize,
+    },
+    /// A gRPC method or message that cannot be sent.
+    #[error("gRPC method {method:?} is not valid: {reason}")]
+    Grpc {
+        /// The method.
+        method: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// A target URL without a usable host.
     #[error("target URL {url} is not valid: {reason}")]
@@ -367,8 +423,10 @@ impl Sender {
                 let client = http2.client.clone();
                 let (done, progress) = (http2.done.clone(), http2.progress.clone());
                 let (start, timeout) = (http2.start, http2.config.timeout);
+                let grpc = http2.config.grpc;
                 tokio::spawn(async move {
-                    let finished = exchange::send(client, request, &job, start, timeout).await;
+                    let finished =
+                        exchange::send(client, request, &job, start, timeout, grpc).await;
                     drop(job.permit);
                     finish(finished, &progress, &done);
                 });

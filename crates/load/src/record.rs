@@ -93,6 +93,10 @@ impl ErrorClass {
 
 /// Marks "no value" in the compact fields.
 const NONE_U16: u16 = u16::MAX;
+const NONE_U8: u8 = u8::MAX;
+
+/// gRPC's `UNKNOWN` status: what a call whose response carries no `grpc-status` gets.
+pub const GRPC_UNKNOWN: u8 = 2;
 
 /// One request, 40 bytes in memory. Times are microseconds since the run's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +114,7 @@ pub struct Record {
     version: u16,
     target: u8,
     error: u8,
+    grpc_status: u8,
 }
 
 impl Record {
@@ -125,6 +130,7 @@ impl Record {
             version: NONE_U16,
             target,
             error: 0,
+            grpc_status: NONE_U8,
         }
     }
 
@@ -169,9 +175,25 @@ impl Record {
         self.version = version.unwrap_or(NONE_U16);
     }
 
-    /// Whether the request succeeded: a 2xx or 3xx status and no transport error.
+    /// The call's `grpc-status`, for gRPC calls that got a response.
+    pub fn grpc_status(&self) -> Option<u8> {
+        (self.grpc_status != NONE_U8).then_some(self.grpc_status)
+    }
+
+    /// Sets the call's `grpc-status` (statuses above 254 are kept as `UNKNOWN`).
+    pub fn set_grpc_status(&mut self, status: u32) {
+        self.grpc_status = u8::try_from(status)
+            .ok()
+            .filter(|s| *s != NONE_U8)
+            .unwrap_or(GRPC_UNKNOWN);
+    }
+
+    /// Whether the request succeeded: a 2xx or 3xx status, no transport error, and
+    /// for a gRPC call `grpc-status: 0` (OK).
     pub fn ok(&self) -> bool {
-        self.error().is_none() && matches!(self.status(), Some(200..=399))
+        self.error().is_none()
+            && matches!(self.status(), Some(200..=399))
+            && matches!(self.grpc_status(), None | Some(0))
     }
 
     /// Latency from the scheduled time (includes any wait for a slot or a connection).
@@ -258,11 +280,17 @@ pub fn write_json_line(
     json_string(out, record.pod().and_then(|i| strings.get(i)))?;
     out.write_all(b",\"version\":")?;
     json_string(out, record.version().and_then(|i| strings.get(i)))?;
+    out.write_all(b",\"grpc_status\":")?;
+    match record.grpc_status() {
+        Some(status) => write!(out, "{status}")?,
+        None => out.write_all(b"null")?,
+    }
     out.write_all(b"}\n")
 }
 
 /// The CSV header line.
-pub const CSV_HEADER: &str = "seq,target,scheduled,sent,done,status,error,bytes,pod,version\n";
+pub const CSV_HEADER: &str =
+    "seq,target,scheduled,sent,done,status,error,bytes,pod,version,grpc_status\n";
 
 fn csv_field(out: &mut impl Write, value: Option<&str>) -> io::Result<()> {
     let Some(value) = value else { return Ok(()) };
@@ -297,6 +325,10 @@ pub fn write_csv_line(
     csv_field(out, record.pod().and_then(|i| strings.get(i)))?;
     out.write_all(b",")?;
     csv_field(out, record.version().and_then(|i| strings.get(i)))?;
+    out.write_all(b",")?;
+    if let Some(status) = record.grpc_status() {
+        write!(out, "{status}")?;
+    }
     out.write_all(b"\n")
 }
 
@@ -331,6 +363,15 @@ mod tests {
         assert_eq!(value["error"], serde_json::Value::Null);
         assert_eq!(value["pod"], "pod-\"a\"");
         assert_eq!(value["version"], "2");
+        assert_eq!(value["grpc_status"], serde_json::Value::Null);
+        record.set_grpc_status(14);
+        assert!(!record.ok(), "UNAVAILABLE is a failed call");
+        record.set_grpc_status(0);
+        assert!(record.ok());
+        let mut line = Vec::new();
+        write_json_line(&mut line, 7, &record, &strings, &[]).expect("write");
+        let value: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+        assert_eq!(value["grpc_status"], 0);
 
         let mut failed = Record::new(0, 0);
         failed.set_error(ErrorClass::Refused);

@@ -39,6 +39,8 @@ pub struct Summary {
     pub errors: BTreeMap<String, u64>,
     /// Responses by status code.
     pub statuses: BTreeMap<u16, u64>,
+    /// gRPC calls by `grpc-status` (empty for plain HTTP).
+    pub grpc_statuses: BTreeMap<u8, u64>,
     /// Responses by `x-version` (`-` when absent).
     pub versions: BTreeMap<String, u64>,
     /// The rate asked for.
@@ -86,6 +88,7 @@ impl Summary {
         let mut from_sent = new_histogram();
         let mut errors = BTreeMap::new();
         let mut statuses = BTreeMap::new();
+        let mut grpc_statuses = BTreeMap::new();
         let mut versions = BTreeMap::new();
         let (mut ok, mut failed) = (0, 0);
         let (mut first_sent, mut last_sent, mut sends) = (u64::MAX, 0, 0u64);
@@ -97,6 +100,9 @@ impl Summary {
             }
             if let Some(class) = record.error() {
                 *errors.entry(class.as_str().to_owned()).or_insert(0) += 1;
+            }
+            if let Some(status) = record.grpc_status() {
+                *grpc_statuses.entry(status).or_insert(0) += 1;
             }
             if let Some(status) = record.status() {
                 *statuses.entry(status).or_insert(0) += 1;
@@ -126,6 +132,7 @@ impl Summary {
             failed,
             errors,
             statuses,
+            grpc_statuses,
             versions,
             rate: report.rate,
             achieved_rate,
@@ -166,6 +173,14 @@ impl Summary {
             .map(|(s, n)| format!("{s}: {n}"))
             .collect();
         let _ = writeln!(out, "statuses   {}", statuses.join(", "));
+        if !self.grpc_statuses.is_empty() {
+            let grpc: Vec<String> = self
+                .grpc_statuses
+                .iter()
+                .map(|(s, n)| format!("{s}: {n}"))
+                .collect();
+            let _ = writeln!(out, "grpc       {}", grpc.join(", "));
+        }
         let versions: Vec<String> = self
             .versions
             .iter()

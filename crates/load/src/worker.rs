@@ -271,7 +271,7 @@ async fn exchange(
         let closing = is_close(request.headers());
         let response = send_on(shared, connections, to, request).await?;
         let closing = closing || is_close(response.headers());
-        (pod, version) = read_response(response, &mut record).await?;
+        (pod, version) = read_response(response, &mut record, shared.config.grpc).await?;
         if closing && let Some(entry) = connections.get_mut(slot) {
             // Either side said `Connection: close`: the next request gets a new one.
             *entry = None;

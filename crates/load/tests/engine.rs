@@ -21,6 +21,7 @@ fn config(url: &str, rate: f64, limit: Limit) -> LoadConfig {
         connect_timeout: Duration::from_secs(1),
         max_inflight: 1000,
         connections: None,
+        grpc: false,
     }
 }
 

@@ -1,8 +1,8 @@
 //! Test fixtures shared by the project's test suites, so that each is written once:
 //! spawned binaries with their logs and signals ([`process`]), the demo app on a
 //! port-0 socket in the test's own process ([`app`]), small HTTP/1.1 clients
-//! ([`http`]), temporary directories and built binaries ([`files`]), and the opt-in
-//! system suite's checks ([`system`]).
+//! ([`http`]), temporary directories and built binaries ([`files`]), the opt-in
+//! system suite's checks ([`system`]) and its gRPC app and client ([`grpc`]).
 //!
 //! Dev-only (`publish = false`): never a dependency of a shipped crate. Fixtures
 //! panic with a message naming what failed, as tests want.
@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod files;
+pub mod grpc;
 pub mod http;
 pub mod process;
 pub mod system;

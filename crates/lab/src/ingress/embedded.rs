@@ -6,11 +6,18 @@
 //! - `proxy_next_upstream error timeout`, 3 tries: a failed connect moves to the next
 //!   endpoint even for POST; a request that was sent is never retried (non-idempotent off).
 //! - 502 when the upstream fails, 503 with no endpoints.
+//! - HTTP/2 clients (gRPC, as ingress-nginx with `backend-protocol: GRPC`) are proxied
+//!   over HTTP/2 to the pod as nginx's grpc_pass does: one request at a time per
+//!   upstream connection, kept alive in the same pool discipline, a kept connection
+//!   dropped once it received GOAWAY (`goaway`). Request bodies are buffered (nginx's
+//!   default), so a request the pod's GOAWAY refused (a stream above its last stream
+//!   id: not processed, RFC 9113 §6.8) goes to the next endpoint like a failed
+//!   connect. Responses are buffered with their trailers (unary calls are small).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +27,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -54,10 +62,17 @@ impl Ingress {
 /// Idle keep-alive connections per endpoint, with when they went idle.
 type Pool = HashMap<SocketAddr, Vec<(SendRequest<Body>, Instant)>>;
 
+/// An HTTP/2 upstream connection and whether it received GOAWAY.
+type H2Connection = (http2::SendRequest<Body>, Arc<AtomicBool>);
+/// Idle HTTP/2 connections per endpoint, with when they went idle.
+type H2Pool = HashMap<SocketAddr, Vec<(H2Connection, Instant)>>;
+
 struct Shared {
     view: watch::Receiver<Vec<Endpoint>>,
     next: AtomicUsize,
     pool: Mutex<Pool>,
+    /// Idle HTTP/2 connections per endpoint.
+    h2_pool: Mutex<H2Pool>,
     log: Arc<Mutex<HashMap<u64, Entry>>>,
     timeline: Arc<Timeline>,
 }
@@ -75,6 +90,7 @@ pub(crate) async fn start(
         view,
         next: AtomicUsize::new(0),
         pool: Mutex::new(HashMap::new()),
+        h2_pool: Mutex::new(HashMap::new()),
         log: log.clone(),
         timeline,
     });
@@ -86,7 +102,7 @@ pub(crate) async fn start(
                     let shared = shared.clone();
                     async move { Ok::<_, Infallible>(proxy(&shared, request).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
@@ -152,9 +168,17 @@ async fn proxy(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     let response = if view.is_empty() {
         status_response(StatusCode::SERVICE_UNAVAILABLE)
     } else {
+        let http2 = request.version() == http::Version::HTTP_2;
         let (parts, body) = request.into_parts();
-        let request = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
-        forward(shared, request, &view, &mut tries).await
+        if http2 {
+            match body.collect().await {
+                Ok(body) => forward_h2(shared, parts, body.to_bytes(), &view, &mut tries).await,
+                Err(_) => status_response(StatusCode::BAD_REQUEST),
+            }
+        } else {
+            let request = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+            forward(shared, request, &view, &mut tries).await
+        }
     };
     if let Some(seq) = seq
         && let Ok(mut log) = shared.log.lock()
@@ -213,6 +237,136 @@ async fn forward(
         }
     }
     status_response(StatusCode::BAD_GATEWAY)
+}
+
+/// An idle HTTP/2 connection to the endpoint that still takes requests.
+fn h2_checkout(shared: &Shared, addr: SocketAddr) -> Option<H2Connection> {
+    let mut pool = shared.h2_pool.lock().ok()?;
+    let idle = pool.get_mut(&addr)?;
+    while let Some(((sender, goaway), since)) = idle.pop() {
+        let usable = since.elapsed() < KEEPALIVE_IDLE
+            && sender.is_ready()
+            && !sender.is_closed()
+            && !goaway.load(Ordering::Relaxed);
+        if usable {
+            return Some((sender, goaway));
+        }
+    }
+    None
+}
+
+/// A new HTTP/2 connection to the endpoint.
+async fn h2_connect(addr: SocketAddr) -> Option<H2Connection> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = stream.set_nodelay(true);
+    let goaway = Arc::new(AtomicBool::new(false));
+    let watched = super::goaway::Watched::new(stream, goaway.clone());
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(watched))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    Some((sender, goaway))
+}
+
+/// Whether a request failed because the pod's GOAWAY refused its stream: it was
+/// above the last stream id, so the pod never processed it.
+fn refused_by_goaway(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(current) = source {
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.is_remote();
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// [`forward`] for HTTP/2 requests (their bodies buffered): the same tries, over the
+/// endpoints' HTTP/2 connections.
+async fn forward_h2(
+    shared: &Arc<Shared>,
+    parts: http::request::Parts,
+    body: Bytes,
+    view: &[Endpoint],
+    tries: &mut Vec<Try>,
+) -> Response<Body> {
+    let request = || {
+        let mut request = Request::from_parts(parts.clone(), full(body.clone()));
+        *request.version_mut() = http::Version::HTTP_2;
+        request
+    };
+    let first = shared.next.fetch_add(1, Ordering::Relaxed);
+    for attempt in 0..TRIES.min(view.len().max(1)) {
+        let endpoint = view[(first + attempt) % view.len()];
+        let (connection, reused) = match h2_checkout(shared, endpoint.addr) {
+            Some(connection) => (connection, true),
+            None => match h2_connect(endpoint.addr).await {
+                Some(connection) => (connection, false),
+                None => {
+                    tries.push(Try::ConnectFailed { pod: endpoint.pod });
+                    continue;
+                }
+            },
+        };
+        let (mut sender, goaway) = connection;
+        match sender.try_send_request(request()).await {
+            Ok(upstream) => {
+                tries.push(Try::Answered {
+                    pod: endpoint.pod,
+                    status: upstream.status().as_u16(),
+                });
+                return answered_h2(shared, upstream, (sender, goaway), endpoint.addr).await;
+            }
+            Err(error) if error.message().is_some() || refused_by_goaway(error.error()) => {
+                tries.push(Try::ConnectFailed { pod: endpoint.pod });
+            }
+            Err(_) => {
+                tries.push(Try::SentAndFailed {
+                    pod: endpoint.pod,
+                    reused,
+                });
+                break;
+            }
+        }
+    }
+    status_response(StatusCode::BAD_GATEWAY)
+}
+
+/// Buffers the response with its trailers, so the connection returns to the pool.
+async fn answered_h2(
+    shared: &Shared,
+    upstream: Response<Incoming>,
+    connection: H2Connection,
+    addr: SocketAddr,
+) -> Response<Body> {
+    let (parts, body) = upstream.into_parts();
+    let Ok(collected) = body.collect().await else {
+        // Cut mid-body: the client sees the stream end with an error.
+        let failed = futures_util::stream::iter([Err::<hyper::body::Frame<Bytes>, BoxError>(
+            "the upstream response was cut".into(),
+        )]);
+        return Response::from_parts(
+            parts,
+            http_body_util::StreamBody::new(failed).boxed_unsync(),
+        );
+    };
+    if let Ok(mut pool) = shared.h2_pool.lock() {
+        pool.entry(addr)
+            .or_default()
+            .push((connection, Instant::now()));
+    }
+    let trailers = collected.trailers().cloned();
+    let mut frames = vec![Ok(hyper::body::Frame::data(collected.to_bytes()))];
+    if let Some(trailers) = trailers {
+        frames.push(Ok(hyper::body::Frame::trailers(trailers)));
+    }
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    Response::from_parts(parts, body.boxed_unsync())
 }
 
 /// Buffers the (small) body so the connection returns to the pool.

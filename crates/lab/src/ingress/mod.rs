@@ -4,6 +4,7 @@
 //! went: the attribution's evidence.
 
 pub(crate) mod embedded;
+mod goaway;
 pub(crate) mod lag;
 pub(crate) mod nginx;
 

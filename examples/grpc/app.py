@@ -1,9 +1,17 @@
-"""A gRPC app for the sidecar's system suite, on Python grpcio (the real gRPC stack
-and its standard health service, from PyPI). Methods take and return raw bytes, so
-no generated code is needed.
+"""A plain gRPC app on Python grpcio (the real gRPC stack and its
+standard health service, from PyPI): the service lameduck.test.Echo with Echo, Slow
+(answers after int(message) ms), Count (server streaming), Concat (client streaming)
+and Chat (bidi). Methods take and return raw bytes, so no generated code is needed.
+The test suites run it, and so can the lab:
 
-Usage: app.py [--serving-after SECONDS]. Prints "listening on PORT" once bound to
-127.0.0.1 (port 0); on SIGTERM it stops with a 5 s grace (sending GOAWAY) and exits.
+    lameduck lab --manifest examples/grpc/deployment.yaml \
+      --app-cmd 'python3 examples/grpc/app.py --host {host} --port {port} --stop-grace 0' \
+      --grpc /lameduck.test.Echo/Slow --grpc-message 313030
+
+Usage: app.py [--serving-after SECONDS] [--host HOST] [--port PORT] [--stop-grace SECONDS].
+Prints "listening on PORT" once bound (127.0.0.1, port 0 by default); on SIGTERM it
+stops with a grace of --stop-grace seconds (default 5: GOAWAY, calls in flight
+finish), or with 0 exits at once, as a server without a SIGTERM handler does.
 """
 
 import argparse
@@ -54,7 +62,12 @@ def chat(request_iterator, context):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--serving-after", type=float, default=0.0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--stop-grace", type=float, default=5.0)
     args = parser.parse_args()
+    if args.stop_grace == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
     server.add_generic_rpc_handlers(
@@ -75,7 +88,7 @@ def main():
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"{args.host}:{args.port}")
     server.start()
     print(f"listening on {port}", file=sys.stderr, flush=True)
 
@@ -86,11 +99,14 @@ def main():
         print("serving", file=sys.stderr, flush=True)
 
     threading.Thread(target=serving, daemon=True).start()
+    if args.stop_grace == 0:
+        server.wait_for_termination()
+        return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
     print("stopping", file=sys.stderr, flush=True)
-    server.stop(5).wait()
+    server.stop(args.stop_grace).wait()
     sys.exit(0)
 
 
