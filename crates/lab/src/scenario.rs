@@ -370,8 +370,9 @@ fn result(
         let cause = attribution::attribute(done, entry, &events);
         if debug {
             eprintln!(
-                "{scenario} seq {seq} {cause}: status {:?} error {:?} ingress {entry:?}",
+                "{scenario} seq {seq} {cause}: status {:?} grpc-status {:?} error {:?} ingress {entry:?}",
                 record.status(),
+                record.grpc_status(),
                 record.error(),
             );
         }
