@@ -8,9 +8,16 @@ use lameduck_test_support::process::signal_pid;
 
 use serde_json::Value;
 
+/// One lab at a time: each is timing-sensitive by design (scaled probes, ingress lag),
+/// and labs side by side on two cores made verdicts flip.
+static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `lameduck lab ARGS --json FILE` on the workspace's binaries; returns the
 /// JSON and the printed table.
 fn run_lab(args: &[std::ffi::OsString]) -> (Value, String) {
+    let _turn = ONE_LAB_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let out = std::env::temp_dir().join(format!("lameduck-lab-{}-{run}.json", std::process::id()));
