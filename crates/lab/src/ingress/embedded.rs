@@ -144,12 +144,18 @@ fn checkout(shared: &Shared, addr: SocketAddr) -> Option<SendRequest<Body>> {
     None
 }
 
-async fn connect(addr: SocketAddr) -> Option<SendRequest<Body>> {
+/// A TCP connection to the endpoint (5 s connect timeout, no Nagle), for either protocol.
+async fn tcp_connect(addr: SocketAddr) -> Option<TcpStream> {
     let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
         .ok()?
         .ok()?;
     let _ = stream.set_nodelay(true);
+    Some(stream)
+}
+
+async fn connect(addr: SocketAddr) -> Option<SendRequest<Body>> {
+    let stream = tcp_connect(addr).await?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.ok()?;
     tokio::spawn(connection);
     Some(sender)
@@ -257,11 +263,7 @@ fn h2_checkout(shared: &Shared, addr: SocketAddr) -> Option<H2Connection> {
 
 /// A new HTTP/2 connection to the endpoint.
 async fn h2_connect(addr: SocketAddr) -> Option<H2Connection> {
-    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    let _ = stream.set_nodelay(true);
+    let stream = tcp_connect(addr).await?;
     let goaway = Arc::new(AtomicBool::new(false));
     let watched = super::goaway::Watched::new(stream, goaway.clone());
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
