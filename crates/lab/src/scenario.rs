@@ -258,7 +258,14 @@ pub(crate) async fn run(
         sync_interval: config.sync_interval.mul_f64(scale),
         poll_interval: config.poll_interval.mul_f64(scale),
     };
-    let front = Front::start(config.ingress, publisher.subscribe(), lag, timeline.clone()).await?;
+    let front = Front::start(
+        config.ingress,
+        publisher.subscribe(),
+        lag,
+        timeline.clone(),
+        config.grpc.is_some(),
+    )
+    .await?;
     let targets = config.prometheus_targets.clone().map(Targets::new);
     let mut cluster = Cluster::new(
         scenario.name(),

@@ -90,17 +90,19 @@ pub(crate) enum Front {
 }
 
 impl Front {
-    /// Starts `kind` following `endpoints` with `lag`.
+    /// Starts `kind` following `endpoints` with `lag`; `http2`: clients speak HTTP/2
+    /// (gRPC; the embedded ingress only).
     pub(crate) async fn start(
         kind: IngressKind,
         endpoints: watch::Receiver<Vec<Endpoint>>,
         lag: Lag,
         timeline: Arc<Timeline>,
+        http2: bool,
     ) -> Result<Self, IngressError> {
         let view = lag.follow(endpoints);
         Ok(match kind {
             IngressKind::Embedded => Front::Embedded(
-                embedded::start(view, timeline)
+                embedded::start(view, timeline, http2)
                     .await
                     .map_err(IngressError::Embedded)?,
             ),
