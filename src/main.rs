@@ -8,6 +8,7 @@ mod io;
 mod lab;
 mod load;
 mod uninject;
+mod webhook;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Local rolling-upgrade comparison with real processes: the main job.
     Lab(lab::LabArgs),
+    /// Mutating admission webhook: inject the sidecar into pods as they are created.
+    Webhook(webhook::WebhookArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Uninject(args) => uninject::run(args),
         Command::Check(args) => check::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Webhook(args) => webhook::run(args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("lameduck: {error:#}");
@@ -59,4 +63,14 @@ fn main() -> ExitCode {
 fn usage(command: &str, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("lameduck {command}: {message}");
     ExitCode::from(lameduck_contract::exit::USAGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

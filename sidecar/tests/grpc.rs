@@ -109,11 +109,20 @@ async fn a_drain_under_grpc_load_fails_no_call_and_cuts_only_the_overlong_stream
         let (target, stop_arg) = (target.clone(), stop_arg.clone());
         tokio::spawn(async move { client(&["loop", &target, &stop_arg]).await })
     };
-    // A server stream of 100 messages 100 ms apart outlives the whole drain.
+    // A server stream of 100 messages 100 ms apart outlives the whole drain. It
+    // must have started before the drain (python starts slowly on a busy machine).
+    let started = dir.path("started");
     let streaming = {
-        let target = target.clone();
-        tokio::spawn(async move { client(&["stream", &target, "100", "100"]).await })
+        let (target, started) = (target.clone(), started.display().to_string());
+        tokio::spawn(async move { client(&["stream", &target, "100", "100", &started]).await })
     };
+    for _ in 0..300 {
+        if started.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.exists(), "the stream did not start within 15 s");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let admin = sidecar.admin;
     let drain = tokio::spawn(async move { get(admin, "/drain").await });

@@ -16,6 +16,6 @@ pub mod stream;
 pub mod workload;
 
 pub use check::{Finding, check};
-pub use inject::{InjectError, Mode, Options, Report, Skipped, inject, uninject};
+pub use inject::{InjectError, Mode, Options, Report, Resources, Skipped, inject, uninject};
 pub use stream::{ManifestError, parse_documents, parse_stream, to_yaml};
 pub use workload::kind;

@@ -4,7 +4,9 @@ object with what it saw.
   client.py calls ADDR              every RPC shape once, a status error, a deadline
   client.py unary ADDR N C          N unary calls, C at a time, on one channel
   client.py loop ADDR STOP_FILE     unary calls (4 threads, one channel) until STOP_FILE exists
-  client.py stream ADDR N MS        one server-streaming call of N messages MS apart
+  client.py stream ADDR N MS [STARTED_FILE]
+                                    one server-streaming call of N messages MS apart
+                                    (STARTED_FILE is created at the first message)
 """
 
 import json
@@ -110,13 +112,15 @@ def loop(addr, stop_file):
     return {"codes": codes, "states": states, "errors": errors[:5]}
 
 
-def stream(addr, n, interval_ms):
+def stream(addr, n, interval_ms, started_file=None):
     received = 0
     with grpc.insecure_channel(addr) as channel:
         call = method(channel, "unary_stream", "Count")(f"{n},{interval_ms}".encode())
         try:
             for _ in call:
                 received += 1
+                if received == 1 and started_file:
+                    open(started_file, "w").close()
             return {"received": received, "code": "OK"}
         except grpc.RpcError as error:
             return {"received": received, "code": error.code().name, "details": error.details()}
@@ -131,7 +135,7 @@ def main():
     elif command == "loop":
         result = loop(addr, rest[0])
     elif command == "stream":
-        result = stream(addr, int(rest[0]), int(rest[1]))
+        result = stream(addr, int(rest[0]), int(rest[1]), *rest[2:3])
     else:
         sys.exit(f"unknown command {command!r}")
     print(json.dumps(result), flush=True)

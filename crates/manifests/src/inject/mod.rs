@@ -65,6 +65,59 @@ pub const DEFAULT_SIDECAR_PORT: u16 = 18080;
 /// Default sidecar admin port in an injected pod.
 pub const DEFAULT_ADMIN_PORT: u16 = 19901;
 
+/// Default CPU request of the sidecar container.
+pub const DEFAULT_CPU_REQUEST: &str = "10m";
+/// Default memory request of the sidecar container.
+pub const DEFAULT_MEMORY_REQUEST: &str = "16Mi";
+/// Default memory limit of the sidecar container.
+pub const DEFAULT_MEMORY_LIMIT: &str = "64Mi";
+
+/// The sidecar container's resources (Kubernetes quantities; `None`: not set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resources {
+    /// `requests.cpu`.
+    pub cpu_request: Option<String>,
+    /// `requests.memory`.
+    pub memory_request: Option<String>,
+    /// `limits.cpu` (none by default: a CPU limit throttles the proxy of every request).
+    pub cpu_limit: Option<String>,
+    /// `limits.memory`.
+    pub memory_limit: Option<String>,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpu_request: Some(DEFAULT_CPU_REQUEST.to_owned()),
+            memory_request: Some(DEFAULT_MEMORY_REQUEST.to_owned()),
+            cpu_limit: None,
+            memory_limit: Some(DEFAULT_MEMORY_LIMIT.to_owned()),
+        }
+    }
+}
+
+impl Resources {
+    /// The container's `resources` object.
+    pub fn to_json(&self) -> Value {
+        let group = |pairs: [(&str, &Option<String>); 2]| -> Map<String, Value> {
+            pairs
+                .into_iter()
+                .filter_map(|(key, value)| Some((key.to_owned(), Value::String(value.clone()?))))
+                .collect()
+        };
+        let requests = group([("cpu", &self.cpu_request), ("memory", &self.memory_request)]);
+        let limits = group([("cpu", &self.cpu_limit), ("memory", &self.memory_limit)]);
+        let mut resources = Map::new();
+        if !requests.is_empty() {
+            resources.insert("requests".to_owned(), Value::Object(requests));
+        }
+        if !limits.is_empty() {
+            resources.insert("limits".to_owned(), Value::Object(limits));
+        }
+        Value::Object(resources)
+    }
+}
+
 /// Where the sidecar runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -94,6 +147,8 @@ pub struct Options {
     /// One drain token for every workload; `None`: a random one per pod template
     /// (kept when re-injecting).
     pub drain_token: Option<String>,
+    /// The sidecar container's resources.
+    pub resources: Resources,
 }
 
 impl Default for Options {
@@ -110,6 +165,7 @@ impl Default for Options {
             sidecar_port: DEFAULT_SIDECAR_PORT,
             admin_port: DEFAULT_ADMIN_PORT,
             drain_token: None,
+            resources: Resources::default(),
         }
     }
 }

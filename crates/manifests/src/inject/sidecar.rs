@@ -99,10 +99,7 @@ pub(super) fn container(options: &Options, wiring: &Wiring<'_>) -> Value {
             );
             map.insert("restartPolicy".to_owned(), json!("Always"));
         }
-        map.insert(
-            "resources".to_owned(),
-            json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}}),
-        );
+        map.insert("resources".to_owned(), options.resources.to_json());
         map.insert(
             "securityContext".to_owned(),
             json!({

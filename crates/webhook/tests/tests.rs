@@ -1,0 +1,9 @@
+//! The webhook's integration tests, one module per concern:
+//!
+//! - `fixtures`: AdmissionReview and pod builders shared by the others;
+//! - `admission`: each kind of pod in, the answer out, against `inject` on the same pod;
+//! - `server`: the real HTTPS server: TLS, routes, metrics, certificate reloads.
+
+mod admission;
+mod fixtures;
+mod server;
