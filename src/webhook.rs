@@ -38,6 +38,10 @@ pub(crate) struct WebhookArgs {
     /// (the API server learns of the removed endpoint late, as every client does).
     #[arg(long, env = "LAMEDUCK_WEBHOOK_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
     webhook_shutdown_delay: Duration,
+    /// How often pods that should have the sidecar and do not are looked for (each
+    /// gets a NotInjected Event, once); 0 turns it off.
+    #[arg(long, env = "LAMEDUCK_WEBHOOK_MISSED_POD_CHECK_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    missed_pod_check_interval: Duration,
     /// Log lines as JSON objects (one per line) instead of text.
     #[arg(long, env = "LAMEDUCK_WEBHOOK_LOG_JSON")]
     log_json: bool,
@@ -74,6 +78,7 @@ pub(crate) fn run(args: WebhookArgs) -> anyhow::Result<ExitCode> {
             .context("building the TLS configuration")?,
     );
     let options = args.sidecar.options(None);
+    let missed_options = options.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -125,6 +130,14 @@ pub(crate) fn run(args: WebhookArgs) -> anyhow::Result<ExitCode> {
                 }
             },
         ));
+        if !args.no_cluster && !args.missed_pod_check_interval.is_zero() {
+            tokio::spawn(webhook.cluster.clone().watch_missed_pods(
+                missed_options,
+                args.missed_pod_check_interval,
+                stop.clone(),
+                webhook.metrics.clone(),
+            ));
+        }
         let server = tokio::spawn(lameduck_webhook::serve(
             listener,
             tls,

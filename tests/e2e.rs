@@ -1,11 +1,13 @@
 //! The opt-in e2e suite (`LAMEDUCK_E2E=1`, as root): a real single-node cluster built
 //! from source (`e2e/up`), the demo rolled under POST load through a real ingress
 //! controller (Traefik), every failure attributed from the watched Pods,
-//! EndpointSlices and Events, the verdicts, and `e2e/down` leaving nothing behind.
+//! EndpointSlices and Events, the verdicts, the Helm chart's webhook injecting pods as
+//! they are created, and `e2e/down` leaving nothing behind.
 //! `.ci/run` runs it; selected on its own with
 //! `LAMEDUCK_E2E=1 cargo test --test integration e2e:: -- --ignored`.
 
 mod observe;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -92,16 +94,20 @@ fn lameduck(args: &[&str], stdin: Option<&str>) -> String {
 /// A namespace that enforces the restricted Pod Security standard, with `manifests`
 /// applied server-side with strict field validation and rolled out.
 fn deploy(namespace: &str, manifests: &str) {
+    deploy_labelled(namespace, &[], manifests);
+}
+
+/// [`deploy`] into a namespace that also carries `labels` (`key=value`).
+fn deploy_labelled(namespace: &str, labels: &[&str], manifests: &str) {
     kubectl(&["create", "namespace", namespace], None);
-    kubectl(
-        &[
-            "label",
-            "namespace",
-            namespace,
-            "pod-security.kubernetes.io/enforce=restricted",
-        ],
-        None,
-    );
+    let mut label = vec![
+        "label",
+        "namespace",
+        namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ];
+    label.extend_from_slice(labels);
+    kubectl(&label, None);
     kubectl(
         &[
             "apply",
@@ -420,6 +426,9 @@ fn real_rollouts_plain_loses_and_fixed_and_injected_lose_nothing() {
         rollout.causes_line()
     );
     assert_no_failed_hook_or_oom("classic");
+    retire("classic");
+
+    webhook::installed_by_helm_injects_rolls_and_uninstalls();
 
     let down = Instant::now();
     script("down");

@@ -1,5 +1,7 @@
 //! Integration tests of the `lameduck` binary: one test binary, one module per area.
 
+/// The Helm chart: lint, golden renders, typed objects, the values schema.
+mod chart;
 /// The opt-in e2e suite: real rollouts on a real node built from source.
 mod e2e;
 /// `inject`, `uninject` and `check` as the binary runs them: golden corpus, round trips.

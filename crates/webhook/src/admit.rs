@@ -107,6 +107,8 @@ pub struct Notice {
     pub reason: &'static str,
     /// The Event's note.
     pub note: String,
+    /// A fixed Event name, so that it is recorded once; `None`: a generated one.
+    pub event_name: Option<String>,
 }
 
 /// The answer to one admission request.
@@ -386,6 +388,7 @@ fn notice(pod: &Value, namespace: &str, reason: &'static str, note: String) -> N
         regarding,
         reason,
         note,
+        event_name: None,
     }
 }
 

@@ -7,13 +7,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
+use lameduck_manifests::Options;
+
+use crate::INJECT_LABEL;
 use crate::admit::{NamespaceFacts, Notice};
 
 /// How long a namespace's facts are reused.
@@ -135,10 +138,16 @@ impl Cluster {
             .and_then(Value::as_str)
             .unwrap_or("pod")
             .trim_end_matches('*');
+        let metadata = match &notice.event_name {
+            Some(fixed) => json!({"name": fixed, "namespace": notice.namespace}),
+            None => {
+                json!({"generateName": format!("{name}.lameduck."), "namespace": notice.namespace})
+            }
+        };
         let event = json!({
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
-            "metadata": {"generateName": format!("{name}.lameduck."), "namespace": notice.namespace},
+            "metadata": metadata,
             "eventTime": k8s_openapi::jiff::Timestamp::now().to_string(),
             "type": "Warning",
             "reason": notice.reason,
@@ -150,14 +159,103 @@ impl Cluster {
         });
         let event: Event = serde_json::from_value(event).map_err(|e| format!("event: {e}"))?;
         let events: Api<Event> = Api::namespaced(client.clone(), &notice.namespace);
-        tokio::time::timeout(
+        let created = tokio::time::timeout(
             LOOKUP_TIMEOUT,
             events.create(&PostParams::default(), &event),
         )
         .await
-        .map_err(|_| "creating an event: timed out".to_owned())?
-        .map(|_| ())
-        .map_err(|e| format!("creating an event in {}: {e}", notice.namespace))
+        .map_err(|_| "creating an event: timed out".to_owned())?;
+        match created {
+            Ok(_) => Ok(()),
+            // A fixed name already recorded (by another replica, or an earlier pass).
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(e) => Err(format!("creating an event in {}: {e}", notice.namespace)),
+        }
+    }
+
+    /// Pods that should have the sidecar and run without it, as notices
+    /// ([`crate::missed`]): the opted-in namespaces' pods, and pods labelled in.
+    pub async fn missed_pods(&self, options: &Options) -> Result<Vec<Notice>, String> {
+        let Some(client) = &self.client else {
+            return Ok(Vec::new());
+        };
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let namespaces = namespaces
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("list namespaces: {e}"))?;
+        let labelled_in = format!("{INJECT_LABEL}=enabled");
+        let all_pods: Api<Pod> = Api::all(client.clone());
+        let labelled = all_pods
+            .list(&ListParams::default().labels(&labelled_in))
+            .await
+            .map_err(|e| format!("list pods labelled {labelled_in}: {e}"))?;
+        let mut notices = Vec::new();
+        for namespace in namespaces.items {
+            let name = namespace.metadata.name.clone().unwrap_or_default();
+            let enabled = namespace
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(INJECT_LABEL))
+                .is_some_and(|v| v == "enabled");
+            let pods: Vec<Value> = if enabled {
+                let api: Api<Pod> = Api::namespaced(client.clone(), &name);
+                api.list(&ListParams::default())
+                    .await
+                    .map_err(|e| format!("list pods in {name}: {e}"))?
+                    .items
+                    .into_iter()
+                    .filter_map(|p| serde_json::to_value(p).ok())
+                    .collect()
+            } else {
+                labelled
+                    .items
+                    .iter()
+                    .filter(|p| p.metadata.namespace.as_deref() == Some(name.as_str()))
+                    .filter_map(|p| serde_json::to_value(p).ok())
+                    .collect()
+            };
+            if pods.is_empty() {
+                continue;
+            }
+            let namespace = serde_json::to_value(&namespace).map_err(|e| e.to_string())?;
+            notices.extend(crate::missed::notices(options, &namespace, &pods));
+        }
+        Ok(notices)
+    }
+
+    /// Every `interval` until `stop`: finds the missed pods and records their Events.
+    pub async fn watch_missed_pods(
+        self,
+        options: Options,
+        interval: Duration,
+        stop: tokio_util::sync::CancellationToken,
+        metrics: crate::Metrics,
+    ) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            let notices = match self.missed_pods(&options).await {
+                Ok(notices) => notices,
+                Err(error) => {
+                    tracing::warn!(%error, "missed-pod check failed");
+                    continue;
+                }
+            };
+            for notice in notices {
+                let result = match self.record(&notice).await {
+                    Ok(()) => "created",
+                    Err(error) => {
+                        tracing::warn!(%error, "event not recorded");
+                        "failed"
+                    }
+                };
+                metrics.events.with_label_values(&[result]).inc();
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //!
 //! - [`admit`]: one AdmissionReview in, one out; pure, the cluster's facts passed in;
 //! - [`cluster`]: the namespace's annotations and Services, Events on pods' owners;
+//! - [`missed`]: pods that should have the sidecar and do not, named by Events;
 //! - [`tls`]: the serving certificate, reloaded when its files change;
 //! - [`server`]: HTTPS with `/mutate`, `/healthz`, `/readyz`, `/metrics`;
 //! - [`metrics`]: admissions by outcome, latency, certificate reloads, Events.
@@ -15,6 +16,7 @@
 pub mod admit;
 pub mod cluster;
 pub mod metrics;
+pub mod missed;
 pub mod server;
 pub mod tls;
 

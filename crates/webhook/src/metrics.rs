@@ -55,7 +55,7 @@ impl Metrics {
             events: IntCounterVec::new(
                 Opts::new(
                     "lameduck_webhook_events_total",
-                    "Events recorded on the owners of pods, by result.",
+                    "Events recorded about pods not injected and Services that bypass the sidecar (created or found already recorded; failed), by result.",
                 ),
                 &["result"],
             )?,
