@@ -10,7 +10,10 @@ DURATION ?= 30s
 OVERLAYS := plain readiness graceful-shutdown fixed
 KUSTOMIZE ?= $(shell command -v kubectl >/dev/null && echo "kubectl kustomize" || echo "kustomize build")
 
-.PHONY: help demo test test-system e2e e2e-up e2e-down lint load deploy show bench render
+.PHONY: help demo test test-system e2e e2e-up e2e-down lint load deploy show bench render chart
+
+chart: ## render the Helm chart (helm on PATH; LAMEDUCK_BLESS=1 on the chart tests rewrites the goldens)
+	helm template lameduck charts/lameduck --namespace lameduck-system --kube-version 1.34.0
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -66,3 +69,4 @@ bench: ## benchmarks, side by side in one run (see benches/README.md)
 	benches/proxy-overhead/run.sh
 	benches/load-peers/run.sh
 	benches/grpc-load/run.sh
+	benches/webhook/run.sh

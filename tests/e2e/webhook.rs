@@ -54,6 +54,10 @@ fn has_sidecar(pod: &Value) -> bool {
 
 /// A bare pod named `name` with the demo Deployment's pod spec (restricted-compliant).
 fn demo_pod(name: &str) -> String {
+    serde_json::to_string(&demo_pod_object(name)).expect("JSON")
+}
+
+fn demo_pod_object(name: &str) -> Value {
     let documents =
         lameduck_manifests::parse_stream("plain", &manifests("plain")).expect("plain YAML");
     let deployment = documents
@@ -61,13 +65,34 @@ fn demo_pod(name: &str) -> String {
         .find(|d| d["kind"] == "Deployment")
         .expect("a Deployment");
     let template = &deployment["spec"]["template"];
-    let pod = json!({
+    json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "webhook-check"}},
         "spec": template["spec"],
-    });
-    serde_json::to_string(&pod).expect("JSON")
+    })
+}
+
+/// Waits (at most 60 s) for the webhook's Event with `reason` about `regarding`.
+fn webhook_event(reason: &str, regarding: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = json(&["get", "events.events.k8s.io", "-n", NAMESPACE, "-o", "json"]);
+        let found = events["items"].as_array().and_then(|items| {
+            items
+                .iter()
+                .find(|e| e["reason"] == reason && e["regarding"]["name"] == regarding)
+                .cloned()
+        });
+        if let Some(event) = found {
+            return event;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {reason} Event about {regarding}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 fn webhook_pods() -> usize {
@@ -152,6 +177,53 @@ pub(super) fn installed_by_helm_injects_rolls_and_uninstalls() {
     let dry: Value = serde_json::from_str(&dry).expect("dry-run JSON");
     assert!(has_sidecar(&dry), "the dry run shows the injected pod");
 
+    // A pod the transform refuses is created as it is, and its Event says why.
+    let mut refused = demo_pod_object("refused");
+    refused["spec"]["containers"][0]["lifecycle"] =
+        json!({"preStop": {"exec": {"command": ["sleep", "1"]}}});
+    let refused = serde_json::to_string(&refused).expect("JSON");
+    kubectl(&["apply", "-n", NAMESPACE, "-f", "-"], Some(&refused));
+    let event = webhook_event("NotInjected", "refused");
+    assert!(
+        event["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("preStop")),
+        "{event}"
+    );
+    // A Service that targets the app's port by number is named with the fix.
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "by-number"},
+        "spec": {"selector": {"app": "webhook-check"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    });
+    kubectl(
+        &["apply", "-n", NAMESPACE, "-f", "-"],
+        Some(&service.to_string()),
+    );
+    // The webhook caches a namespace's Services for 5 s.
+    std::thread::sleep(Duration::from_secs(6));
+    kubectl(
+        &["apply", "-n", NAMESPACE, "-f", "-"],
+        Some(&demo_pod("bypassed")),
+    );
+    let event = webhook_event("ServiceBypassesSidecar", "bypassed");
+    assert!(
+        event["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("8080 → 18080")),
+        "{event}"
+    );
+    for (kind, name) in [
+        ("pod", "refused"),
+        ("pod", "bypassed"),
+        ("service", "by-number"),
+    ] {
+        kubectl(
+            &["delete", kind, "-n", NAMESPACE, name, "--wait=false"],
+            None,
+        );
+    }
+
     // No webhook answering: pods are still created (failurePolicy Ignore), without
     // the sidecar, and named by an Event once a webhook is back.
     kubectl(
@@ -196,24 +268,7 @@ pub(super) fn installed_by_helm_injects_rolls_and_uninstalls() {
         ],
         None,
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let event = loop {
-        let events = json(&["get", "events.events.k8s.io", "-n", NAMESPACE, "-o", "json"]);
-        let found = events["items"].as_array().and_then(|items| {
-            items
-                .iter()
-                .find(|e| e["reason"] == "NotInjected" && e["regarding"]["name"] == "missed")
-                .cloned()
-        });
-        if let Some(event) = found {
-            break event;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no NotInjected Event names the missed pod"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    };
+    let event = webhook_event("NotInjected", "missed");
     eprintln!("e2e: {}", event["note"]);
     kubectl(
         &["delete", "pod", "-n", NAMESPACE, "missed", "--wait=false"],

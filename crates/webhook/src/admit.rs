@@ -120,7 +120,7 @@ pub struct Answer {
     pub outcome: Outcome,
     /// Events to record on the pod's owner.
     pub notices: Vec<Notice>,
-    /// The request's namespace, and whether it was a dry run (no Events then).
+    /// Whether the request was a dry run (no Events then).
     pub dry_run: bool,
 }
 

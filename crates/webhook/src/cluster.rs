@@ -132,31 +132,8 @@ impl Cluster {
         let Some(client) = &self.client else {
             return Ok(());
         };
-        let name = notice
-            .regarding
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("pod")
-            .trim_end_matches('*');
-        let metadata = match &notice.event_name {
-            Some(fixed) => json!({"name": fixed, "namespace": notice.namespace}),
-            None => {
-                json!({"generateName": format!("{name}.lameduck."), "namespace": notice.namespace})
-            }
-        };
-        let event = json!({
-            "apiVersion": "events.k8s.io/v1",
-            "kind": "Event",
-            "metadata": metadata,
-            "eventTime": k8s_openapi::jiff::Timestamp::now().to_string(),
-            "type": "Warning",
-            "reason": notice.reason,
-            "action": "Inject",
-            "note": truncate(&notice.note, 1000),
-            "regarding": notice.regarding,
-            "reportingController": REPORTING_CONTROLLER,
-            "reportingInstance": self.instance,
-        });
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let event = event_object(notice, &self.instance, &now);
         let event: Event = serde_json::from_value(event).map_err(|e| format!("event: {e}"))?;
         let events: Api<Event> = Api::namespaced(client.clone(), &notice.namespace);
         let created = tokio::time::timeout(
@@ -259,6 +236,42 @@ impl Cluster {
     }
 }
 
+/// The Event for `notice` (events.k8s.io/v1, Warning). Without a fixed name it gets
+/// a generated one after what it regards: a valid DNS subdomain, as Event names must be.
+fn event_object(notice: &Notice, instance: &str, now: &str) -> Value {
+    let regarding = notice
+        .regarding
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .trim_end_matches(['*', '-', '.']);
+    let regarding = if regarding.is_empty() {
+        "pod"
+    } else {
+        regarding
+    };
+    let metadata = match &notice.event_name {
+        Some(fixed) => json!({"name": fixed, "namespace": notice.namespace}),
+        // The API server masks the trailing `-` of a generateName when validating it.
+        None => {
+            json!({"generateName": format!("{regarding}.lameduck-"), "namespace": notice.namespace})
+        }
+    };
+    json!({
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": metadata,
+        "eventTime": now,
+        "type": "Warning",
+        "reason": notice.reason,
+        "action": "Inject",
+        "note": truncate(&notice.note, 1000),
+        "regarding": notice.regarding,
+        "reportingController": REPORTING_CONTROLLER,
+        "reportingInstance": instance,
+    })
+}
+
 /// At most `max` bytes, cut at a character boundary (an Event's note holds 1 kB).
 fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
@@ -269,4 +282,46 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kubernetes' DNS subdomain rule (RFC 1123 labels joined by dots).
+    fn is_dns_subdomain(name: &str) -> bool {
+        name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    }
+
+    fn notice(name: &str) -> Notice {
+        Notice {
+            namespace: "shop".to_owned(),
+            regarding: json!({"kind": "Pod", "name": name}),
+            reason: "NotInjected",
+            note: "x".repeat(2000),
+            event_name: None,
+        }
+    }
+
+    #[test]
+    fn generated_event_names_are_valid_for_every_kind_of_pod_name() {
+        for name in ["web-7d9f8b6c5d", "web-7d9f8b6c5d-*", "*", "", "a.b-"] {
+            let event = event_object(&notice(name), "webhook-0", "2026-12-02T16:00:00Z");
+            let prefix = event["metadata"]["generateName"]
+                .as_str()
+                .expect("generateName");
+            let masked = prefix.trim_end_matches('-');
+            assert!(is_dns_subdomain(masked), "{name:?} gives {prefix:?}");
+            assert_eq!(event["note"].as_str().map(str::len), Some(1000));
+            serde_json::from_value::<Event>(event).expect("a typed Event");
+        }
+    }
 }

@@ -180,20 +180,43 @@ async fn request(
     }
 }
 
+/// Requests to one server over fresh connections that trust `roots`.
+struct Client {
+    address: SocketAddr,
+    roots: Vec<CertificateDer<'static>>,
+}
+
+impl Client {
+    fn new(server: &Server, roots: &[&CertificateDer<'static>]) -> Self {
+        Self {
+            address: server.address,
+            roots: roots.iter().map(|r| (*r).clone()).collect(),
+        }
+    }
+
+    async fn send(&self, alpn: &[u8], method: Method, path: &str, body: Vec<u8>) -> Reply {
+        let roots: Vec<&CertificateDer<'static>> = self.roots.iter().collect();
+        request(self.address, &roots, alpn, method, path, body).await
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.send(b"http/1.1", Method::GET, path, Vec::new()).await
+    }
+
+    async fn post(&self, path: &str, body: Vec<u8>) -> Reply {
+        self.send(b"http/1.1", Method::POST, path, body).await
+    }
+}
+
 #[tokio::test]
 async fn admissions_are_answered_over_http1_and_http2_and_counted() {
     let (cert, key, der) = certificate();
     let (server, _) = start("webhook-serve", &cert, &key).await;
+    let client = Client::new(&server, &[&der]);
     for alpn in [&b"http/1.1"[..], b"h2"] {
-        let reply = request(
-            server.address,
-            &[&der],
-            alpn,
-            Method::POST,
-            "/mutate",
-            create(&deployment_pod()),
-        )
-        .await;
+        let reply = client
+            .send(alpn, Method::POST, "/mutate", create(&deployment_pod()))
+            .await;
         assert_eq!(reply.alpn.as_deref(), Some(alpn));
         assert_eq!(reply.status, StatusCode::OK);
         let review: Value = serde_json::from_slice(&reply.body).expect("json");
@@ -201,77 +224,33 @@ async fn admissions_are_answered_over_http1_and_http2_and_counted() {
         assert_eq!(response["allowed"], true);
         assert!(response.get("patch").is_some(), "{response}");
     }
-    let health = request(
-        server.address,
-        &[&der],
-        b"http/1.1",
-        Method::GET,
-        "/healthz",
-        vec![],
-    )
-    .await;
-    assert_eq!(health.status, StatusCode::OK);
-    let ready = request(
-        server.address,
-        &[&der],
-        b"http/1.1",
-        Method::GET,
-        "/readyz",
-        vec![],
-    )
-    .await;
-    assert_eq!(ready.status, StatusCode::OK);
-    let metrics = request(
-        server.address,
-        &[&der],
-        b"http/1.1",
-        Method::GET,
-        "/metrics",
-        vec![],
-    )
-    .await;
+    assert_eq!(client.get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(client.get("/readyz").await.status, StatusCode::OK);
+    let metrics = client.get("/metrics").await;
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
-    assert!(
-        text.contains("lameduck_webhook_admissions_total{outcome=\"injected\"} 2"),
-        "{text}"
-    );
-    assert!(
-        text.contains("lameduck_webhook_admissions_total{outcome=\"refused\"} 0"),
-        "{text}"
-    );
-    assert!(
-        text.contains("lameduck_webhook_admission_duration_seconds_count{outcome=\"injected\"} 2"),
-        "{text}"
-    );
+    for line in [
+        "lameduck_webhook_admissions_total{outcome=\"injected\"} 2",
+        "lameduck_webhook_admissions_total{outcome=\"refused\"} 0",
+        "lameduck_webhook_admission_duration_seconds_count{outcome=\"injected\"} 2",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
     server
         .webhook
         .ready
         .store(false, std::sync::atomic::Ordering::Relaxed);
-    let draining = request(
-        server.address,
-        &[&der],
-        b"http/1.1",
-        Method::GET,
-        "/readyz",
-        vec![],
-    )
-    .await;
-    assert_eq!(draining.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        client.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 #[tokio::test]
 async fn bad_requests_get_clear_answers() {
     let (cert, key, der) = certificate();
     let (server, _) = start("webhook-bad", &cert, &key).await;
-    let garbage = request(
-        server.address,
-        &[&der],
-        b"http/1.1",
-        Method::POST,
-        "/mutate",
-        b"{".to_vec(),
-    )
-    .await;
+    let client = Client::new(&server, &[&der]);
+    let garbage = client.post("/mutate", b"{".to_vec()).await;
     assert_eq!(
         garbage.status,
         StatusCode::OK,
@@ -279,36 +258,13 @@ async fn bad_requests_get_clear_answers() {
     );
     let review: Value = serde_json::from_slice(&garbage.body).expect("json");
     assert_eq!(response(&review)["allowed"], false);
-    let huge = request(
-        server.address,
-        &[&der],
-        b"http/1.1",
-        Method::POST,
-        "/mutate",
-        vec![b' '; 5 << 20],
-    )
-    .await;
+    let huge = client.post("/mutate", vec![b' '; 5 << 20]).await;
     assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
-    let get = request(
-        server.address,
-        &[&der],
-        b"http/1.1",
-        Method::GET,
-        "/mutate",
-        vec![],
-    )
-    .await;
-    assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
-    let unknown = request(
-        server.address,
-        &[&der],
-        b"http/1.1",
-        Method::GET,
-        "/nope",
-        vec![],
-    )
-    .await;
-    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        client.get("/mutate").await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(client.get("/nope").await.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -316,58 +272,28 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_r
     let (cert_a, key_a, der_a) = certificate();
     let (cert_b, key_b, der_b) = certificate();
     let (server, dir) = start("webhook-reload", &cert_a, &key_a).await;
-    let roots = [&der_a, &der_b];
-    let first = request(
-        server.address,
-        &roots,
-        b"http/1.1",
-        Method::GET,
-        "/healthz",
-        vec![],
-    )
-    .await;
-    assert_eq!(first.peer, der_a);
+    let client = Client::new(&server, &[&der_a, &der_b]);
+    assert_eq!(client.get("/healthz").await.peer, der_a);
     write_pair(&dir, &cert_b, &key_b);
-    let mut served = None;
+    let mut served = false;
     for _ in 0..100 {
-        let reply = request(
-            server.address,
-            &roots,
-            b"http/1.1",
-            Method::GET,
-            "/healthz",
-            vec![],
-        )
-        .await;
-        if reply.peer == der_b {
-            served = Some(reply);
+        if client.get("/healthz").await.peer == der_b {
+            served = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        served.is_some(),
-        "the renewed certificate was not served within 5 s"
-    );
+    assert!(served, "the renewed certificate was not served within 5 s");
     // A key that does not match the certificate: refused, the renewed pair stays.
     write_pair(&dir, &cert_a, &key_b);
-    let metrics = &server.webhook.metrics.certificate_reloads;
+    let reloads = &server.webhook.metrics.certificate_reloads;
     for _ in 0..100 {
-        if metrics.with_label_values(&["failed"]).get() > 0 {
+        if reloads.with_label_values(&["failed"]).get() > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(metrics.with_label_values(&["failed"]).get() > 0);
-    assert_eq!(metrics.with_label_values(&["reloaded"]).get(), 1);
-    let after = request(
-        server.address,
-        &roots,
-        b"http/1.1",
-        Method::GET,
-        "/healthz",
-        vec![],
-    )
-    .await;
-    assert_eq!(after.peer, der_b);
+    assert!(reloads.with_label_values(&["failed"]).get() > 0);
+    assert_eq!(reloads.with_label_values(&["reloaded"]).get(), 1);
+    assert_eq!(client.get("/healthz").await.peer, der_b);
 }
