@@ -8,8 +8,11 @@
 //!   its `deletionTimestamp` `Deleted`, a container's terminated state `Exited`
 //!   (exit code 137 is `Sigkill`, at the end of the grace period);
 //! - `Sigterm` for an app container is the deletion plus its preStop hook's time
-//!   (none, or a `sleep`): the kubelet starts stopping it as it sees the deletion, as
-//!   the watch does, while its `Killing` event arrives tens of milliseconds later.
+//!   (none, or a `sleep`): the kubelet starts stopping it as it sees the deletion,
+//!   which the watch may see up to a few hundred milliseconds later (measured: cuts
+//!   ended up to 207 ms before the watched deletion), so the deletion request's own
+//!   time (`deletionTimestamp` minus the grace period) is taken, bounded to a second
+//!   before the watch; its `Killing` event arrives later still.
 //!   Sidecars (init containers) stop after the app: theirs is the `Killing` event plus
 //!   the hook. Hooks of unknown duration (HTTP, exec other than `sleep`) give none;
 //! - the app serves (`AppServing`) from its first answer below 500 in the access log;
@@ -330,12 +333,15 @@ impl Observed {
         let deadline = pod["metadata"]["deletionTimestamp"]
             .as_str()
             .and_then(|t| humantime::parse_rfc3339(t).ok());
-        if deadline.is_some() && !state.deleted {
+        if let Some(deadline) = deadline
+            && !state.deleted
+        {
             state.deleted = true;
             found.push((watched.at, EventKind::Deleted));
+            let stopping = stop_started(pod, deadline, watched.at);
             for (container, (hook, app)) in &state.pre_stop {
                 if *app && state.stopping.insert(container.clone()) {
-                    found.push((watched.at + *hook, EventKind::Sigterm(container.clone())));
+                    found.push((stopping + *hook, EventKind::Sigterm(container.clone())));
                 }
             }
         }
@@ -447,6 +453,21 @@ fn pre_stop_hooks(pod: &Value) -> BTreeMap<String, (Duration, bool)> {
         }
     }
     hooks
+}
+
+/// How late a watch may see a pod's deletion after the kubelet acted on it.
+const WATCH_LAG: Duration = Duration::from_secs(1);
+
+/// When the kubelet started stopping a pod whose deletion a watch saw at `seen`: the
+/// deletion request's time (`deletionTimestamp` minus the grace period, whole
+/// seconds, so never late), but no earlier than [`WATCH_LAG`] before `seen`.
+fn stop_started(pod: &Value, deadline: SystemTime, seen: SystemTime) -> SystemTime {
+    let grace = pod["metadata"]["deletionGracePeriodSeconds"]
+        .as_u64()
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let requested = deadline.checked_sub(grace).unwrap_or(seen);
+    let earliest = seen.checked_sub(WATCH_LAG).unwrap_or(seen);
+    requested.clamp(earliest, seen)
 }
 
 /// The seconds of an exec hook that is `sleep N` (any path to sleep).
@@ -567,6 +588,38 @@ mod tests {
             access(1300, 6, "10.0.0.1", 504),
         ];
         (pods, slices, events, accesses)
+    }
+
+    #[test]
+    fn the_kubelet_acts_on_a_deletion_before_the_watch_sees_it() {
+        // Deleted at 1000 ms (08:00:31Z minus 30 s of grace), seen by the watch at
+        // 1700 ms: a request sent at 900 and cut at 1100 is an in-flight cut.
+        let mut late = deleted(pod("old", "10.0.0.1", false), None);
+        late["metadata"]["deletionTimestamp"] = json!("2027-01-15T08:00:31Z");
+        late["metadata"]["deletionGracePeriodSeconds"] = json!(30);
+        let pods = vec![
+            watched(0, pod("old", "10.0.0.1", true)),
+            watched(1700, late),
+        ];
+        let accesses = vec![
+            access(100, 1, "10.0.0.1", 200),
+            access(900, 2, "10.0.0.1", 0),
+        ];
+        let observed = Observed::new(at(0), &pods, &[], &[], &accesses);
+        let causes = observed.causes(&[failure(2, 1100)], &accesses);
+        assert_eq!(causes, BTreeMap::from([(Cause::InflightCut, 1)]));
+        // Never earlier than a second before the watch: a stale deletionTimestamp
+        // (seen much later) does not move SIGTERM back further.
+        let mut stale = deleted(pod("old", "10.0.0.1", false), None);
+        stale["metadata"]["deletionTimestamp"] = json!("2027-01-15T08:00:30Z");
+        stale["metadata"]["deletionGracePeriodSeconds"] = json!(30);
+        let pods = vec![
+            watched(0, pod("old", "10.0.0.1", true)),
+            watched(5000, stale),
+        ];
+        let observed = Observed::new(at(0), &pods, &[], &[], &accesses);
+        let causes = observed.causes(&[failure(2, 1100)], &accesses);
+        assert_eq!(causes, BTreeMap::from([(Cause::Other, 1)]));
     }
 
     fn observed() -> (Observed, Vec<Access>) {
