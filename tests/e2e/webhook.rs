@@ -21,7 +21,9 @@ const NAMESPACE: &str = "auto";
 
 fn helm(args: &[&str]) -> String {
     let helm = find_program("helm").unwrap_or_else(|| {
-        panic!("LAMEDUCK_E2E=1 but `helm` is not on PATH: .ci/run builds it from the Go module proxy")
+        panic!(
+            "LAMEDUCK_E2E=1 but `helm` is not on PATH: .ci/run builds it from the Go module proxy"
+        )
     });
     let output = Command::new(helm)
         .env("KUBECONFIG", kubeconfig())
