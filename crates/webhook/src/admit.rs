@@ -134,6 +134,18 @@ pub struct Admission {
     pub object: Option<Value>,
 }
 
+impl Answer {
+    /// The answer to a body that is not an AdmissionReview (`message` says why).
+    pub fn invalid(message: String) -> Self {
+        Self {
+            review: AdmissionResponse::invalid(&message).into_review(),
+            outcome: Outcome::Invalid(message),
+            notices: Vec::new(),
+            dry_run: false,
+        }
+    }
+}
+
 /// Reads an AdmissionReview body.
 pub fn parse(body: &[u8]) -> Result<Admission, String> {
     let value: Value =
@@ -172,12 +184,7 @@ impl Injector {
     pub fn review(&self, body: &[u8], facts: &NamespaceFacts) -> Answer {
         match parse(body) {
             Ok(admission) => self.admit(&admission, facts),
-            Err(message) => Answer {
-                review: AdmissionResponse::invalid(&message).into_review(),
-                outcome: Outcome::Invalid(message),
-                notices: Vec::new(),
-                dry_run: false,
-            },
+            Err(message) => Answer::invalid(message),
         }
     }
 
@@ -296,23 +303,23 @@ fn skip_reason(pod: &Value, namespace: &str) -> Option<SkipReason> {
     if annotation(pod, ANNOTATION_INJECT) == Some("disabled") {
         return Some(SkipReason::Disabled);
     }
-    let has_sidecar = ["/spec/containers", "/spec/initContainers"]
-        .iter()
-        .any(|list| {
-            pod.pointer(list)
-                .and_then(Value::as_array)
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.get("name").and_then(Value::as_str) == Some(SIDECAR_NAME))
-                })
-        });
-    if has_sidecar || annotation(pod, ANNOTATION_INJECTED).is_some() {
+    if has_sidecar(pod) {
         return Some(SkipReason::AlreadyInjected);
     }
     if pod.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Some(SkipReason::HostNetwork);
     }
     None
+}
+
+/// The pod has the sidecar already: a container of its name, or the injection record.
+pub(crate) fn has_sidecar(pod: &Value) -> bool {
+    let named = |list: &str| {
+        pod["spec"][list]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["name"] == SIDECAR_NAME))
+    };
+    named("containers") || named("initContainers") || annotation(pod, ANNOTATION_INJECTED).is_some()
 }
 
 /// Copies the namespace's defaults into the pod's annotations where the pod has none.

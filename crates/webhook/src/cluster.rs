@@ -150,6 +150,20 @@ impl Cluster {
         }
     }
 
+    /// Records each notice in turn, counting the results.
+    pub async fn record_all(&self, notices: &[Notice], metrics: &crate::Metrics) {
+        for notice in notices {
+            let result = match self.record(notice).await {
+                Ok(()) => "created",
+                Err(error) => {
+                    tracing::warn!(%error, "event not recorded");
+                    "failed"
+                }
+            };
+            metrics.events.with_label_values(&[result]).inc();
+        }
+    }
+
     /// Pods that should have the sidecar and run without it, as notices
     /// ([`crate::missed`]): the opted-in namespaces' pods, and pods labelled in.
     pub async fn missed_pods(&self, options: &Options) -> Result<Vec<Notice>, String> {
@@ -222,16 +236,7 @@ impl Cluster {
                     continue;
                 }
             };
-            for notice in notices {
-                let result = match self.record(&notice).await {
-                    Ok(()) => "created",
-                    Err(error) => {
-                        tracing::warn!(%error, "event not recorded");
-                        "failed"
-                    }
-                };
-                metrics.events.with_label_values(&[result]).inc();
-            }
+            self.record_all(&notices, &metrics).await;
         }
     }
 }

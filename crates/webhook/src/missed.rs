@@ -4,10 +4,10 @@
 //! names each with a `NotInjected` Event on the pod, once (the Event's name is the
 //! pod's, so replicas and later passes do not repeat it).
 
-use lameduck_manifests::inject::{ANNOTATION_INJECT, ANNOTATION_INJECTED, Options, SIDECAR_NAME};
+use lameduck_manifests::inject::{ANNOTATION_INJECT, Options};
 use serde_json::{Value, json};
 
-use crate::admit::Notice;
+use crate::admit::{Notice, has_sidecar};
 use crate::{COMPONENT_LABEL, COMPONENT_WEBHOOK, EXCLUDED_NAMESPACES, INJECT_LABEL};
 
 /// The Event reason for a pod left without the sidecar.
@@ -70,17 +70,6 @@ pub fn notices(options: &Options, namespace: &Value, pods: &[Value]) -> Vec<Noti
             }
         })
         .collect()
-}
-
-fn has_sidecar(pod: &Value) -> bool {
-    let named = |list: &str| {
-        pod["spec"][list]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["name"] == SIDECAR_NAME))
-    };
-    named("containers")
-        || named("initContainers")
-        || !pod["metadata"]["annotations"][ANNOTATION_INJECTED].is_null()
 }
 
 /// The transform would add the sidecar (a pod it refuses got its Event at admission).

@@ -66,7 +66,7 @@ impl Webhook {
     pub async fn mutate(self: &Arc<Self>, body: &[u8]) -> Answer {
         let started = Instant::now();
         let answer = match parse(body) {
-            Err(_) => self.injector.review(body, &NamespaceFacts::default()),
+            Err(message) => Answer::invalid(message),
             Ok(admission) => {
                 let namespace = admission.request.namespace.clone().unwrap_or_default();
                 let (facts, lookup_error) = match self.cluster.facts(&namespace).await {
@@ -103,18 +103,7 @@ impl Webhook {
         if !answer.dry_run && !answer.notices.is_empty() {
             let this = self.clone();
             let notices = answer.notices.clone();
-            tokio::spawn(async move {
-                for notice in notices {
-                    let result = match this.cluster.record(&notice).await {
-                        Ok(()) => "created",
-                        Err(error) => {
-                            tracing::warn!(%error, "event not recorded");
-                            "failed"
-                        }
-                    };
-                    this.metrics.events.with_label_values(&[result]).inc();
-                }
-            });
+            tokio::spawn(async move { this.cluster.record_all(&notices, &this.metrics).await });
         }
         answer
     }
