@@ -19,6 +19,11 @@ pub(crate) struct Inputs {
 }
 
 impl Inputs {
+    /// The sources as given (none: standard input).
+    pub(crate) fn paths(&self) -> Vec<PathBuf> {
+        self.inputs.clone()
+    }
+
     pub(crate) fn read(&self) -> anyhow::Result<Vec<Value>> {
         let sources = if self.inputs.is_empty() {
             vec![PathBuf::from("-")]

@@ -72,6 +72,38 @@ pub(crate) struct LabArgs {
     /// The lameduck-sidecar binary (default: beside lameduck, built if needed).
     #[arg(long, requires = "demo_app")]
     sidecar: Option<PathBuf>,
+    #[command(flatten)]
+    live: LiveArgs,
+}
+
+/// The lab on a live cluster instead of loopback.
+#[derive(Debug, Args)]
+struct LiveArgs {
+    /// Run the scenarios on the cluster of this kubeconfig: applied into --namespace,
+    /// rolled under load through --url, watched, attributed, then deleted.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["ingress", "time_scale", "sync_interval", "poll_interval", "app_cmd", "grpc", "prometheus_config", "demo_app", "sidecar"]
+    )]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current one).
+    #[arg(long, requires = "kubeconfig")]
+    context: Option<String>,
+    /// The namespace the lab applies into (created, and deleted at the end, if missing).
+    #[arg(long, default_value = lameduck_live::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// The entry point the load goes through, e.g. your ingress (default: a NodePort
+    /// Service on a node's InternalIP).
+    #[arg(long, requires = "kubeconfig")]
+    url: Option<String>,
+    /// The app container's image instead of the manifest's.
+    #[arg(long, requires = "kubeconfig")]
+    image: Option<String>,
+    /// Print the Role (in --namespace) and the optional ClusterRole the cluster lab
+    /// needs, and exit.
+    #[arg(long)]
+    print_role: bool,
 }
 
 fn scenario_parser() -> impl clap::builder::TypedValueParser<Value = Scenario> {
@@ -79,7 +111,7 @@ fn scenario_parser() -> impl clap::builder::TypedValueParser<Value = Scenario> {
         .try_map(|name| name.parse::<Scenario>())
 }
 
-fn row(result: &ScenarioResult) -> String {
+pub(crate) fn row(result: &ScenarioResult) -> String {
     let mut line = format!(
         "{:<20} {:>8} {:>7}",
         result.name, result.requests, result.failed
@@ -95,7 +127,7 @@ fn row(result: &ScenarioResult) -> String {
     line
 }
 
-fn header() -> String {
+pub(crate) fn header() -> String {
     let mut header = format!("{:<20} {:>8} {:>7}", "scenario", "requests", "failed");
     for cause in Cause::ALL {
         let short: String = cause.as_str().chars().take(9).collect();
@@ -130,7 +162,7 @@ fn timings(args: &LabArgs) -> String {
     )
 }
 
-fn read_manifest(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+pub(crate) fn read_manifest(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(lameduck_manifests::parse_documents(
@@ -167,11 +199,7 @@ fn config(args: &LabArgs) -> anyhow::Result<LabConfig> {
             IngressArg::Embedded => IngressKind::Embedded,
             IngressArg::Nginx => IngressKind::Nginx,
         },
-        scenarios: if args.scenarios.is_empty() {
-            Scenario::ALL.to_vec()
-        } else {
-            args.scenarios.clone()
-        },
+        scenarios: args.scenarios(),
         time_scale: args.time_scale,
         rate: args.rate,
         sync_interval: args.sync_interval,
@@ -195,6 +223,13 @@ fn config(args: &LabArgs) -> anyhow::Result<LabConfig> {
 }
 
 pub(crate) fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
+    if args.live.print_role {
+        print!("{}", lameduck_live::access::role_yaml(&args.live.namespace));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(kubeconfig) = &args.live.kubeconfig {
+        return crate::live::lab(&args, kubeconfig);
+    }
     let valid = (0.0..=1.0).contains(&args.time_scale) && args.time_scale > 0.0 && args.rate > 0.0;
     if !valid {
         return Ok(crate::usage(
@@ -228,8 +263,18 @@ pub(crate) fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         eprintln!("lameduck lab: interrupted; every pod process was stopped");
         return Ok(ExitCode::from(exit::INTERRUPTED));
     };
+    write_outputs(&args, &results, &timings)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `--html` and `--json` files of `results`.
+pub(crate) fn write_outputs(
+    args: &LabArgs,
+    results: &[ScenarioResult],
+    timings: &str,
+) -> anyhow::Result<()> {
     if let Some(path) = &args.html {
-        std::fs::write(path, lameduck_lab::report::html(&results, &timings))
+        std::fs::write(path, lameduck_lab::report::html(results, timings))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.json {
@@ -237,7 +282,42 @@ pub(crate) fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+impl LabArgs {
+    /// The scenarios asked for, all by default.
+    pub(crate) fn scenarios(&self) -> Vec<Scenario> {
+        if self.scenarios.is_empty() {
+            Scenario::ALL.to_vec()
+        } else {
+            self.scenarios.clone()
+        }
+    }
+
+    pub(crate) fn manifest(&self) -> Option<&Path> {
+        self.manifest.as_deref()
+    }
+
+    pub(crate) fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    pub(crate) fn namespace(&self) -> &str {
+        &self.live.namespace
+    }
+
+    pub(crate) fn context(&self) -> Option<&str> {
+        self.live.context.as_deref()
+    }
+
+    pub(crate) fn url(&self) -> Option<&str> {
+        self.live.url.as_deref()
+    }
+
+    pub(crate) fn image(&self) -> Option<&str> {
+        self.live.image.as_deref()
+    }
 }
 
 /// The lab's error, with the flag that gets around it where there is one.

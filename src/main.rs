@@ -6,6 +6,7 @@ mod check;
 mod inject;
 mod io;
 mod lab;
+mod live;
 mod load;
 mod uninject;
 mod webhook;

@@ -2,10 +2,12 @@
 //! from source (`e2e/up`), the demo rolled under POST load through a real ingress
 //! controller (Traefik), every failure attributed from the watched Pods,
 //! EndpointSlices and Events, the verdicts, the Helm chart's webhook injecting pods as
-//! they are created, and `e2e/down` leaving nothing behind.
+//! they are created, the cluster lab and the live check (`--kubeconfig`), and
+//! `e2e/down` leaving nothing behind.
 //! `.ci/run` runs it; selected on its own with
 //! `LAMEDUCK_E2E=1 cargo test --test integration e2e:: -- --ignored`.
 
+mod live;
 mod observe;
 mod webhook;
 
@@ -429,6 +431,7 @@ fn real_rollouts_plain_loses_and_fixed_and_injected_lose_nothing() {
     retire("classic");
 
     webhook::installed_by_helm_injects_rolls_and_uninstalls();
+    live::the_cluster_lab_and_the_live_check();
 
     let down = Instant::now();
     script("down");

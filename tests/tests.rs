@@ -10,6 +10,8 @@ mod inject;
 mod k8s;
 /// `lab`: every scenario on the real binaries, and the verdicts the project exists for.
 mod lab;
+/// `lab --kubeconfig` and `check --kubeconfig` without a cluster; SARIF output.
+mod live;
 /// `load`: the real binary against real servers on loopback.
 mod load;
 /// The dashboard, alerts and PodMonitor, and a real Prometheus watching a rollout.

@@ -61,7 +61,7 @@ fn demo_pod(name: &str) -> String {
     serde_json::to_string(&demo_pod_object(name)).expect("JSON")
 }
 
-fn demo_pod_object(name: &str) -> Value {
+pub(super) fn demo_pod_object(name: &str) -> Value {
     let documents =
         lameduck_manifests::parse_stream("plain", &manifests("plain")).expect("plain YAML");
     let deployment = documents

@@ -19,6 +19,11 @@
 //! - the ingress's try is what its access log says: the pod address and the pod's
 //!   status, or no response (sent, and failed), or a connect that timed out.
 //!
+//! Without an access log (a cluster whose entry point is not ours to read), each
+//! request's own [`Response`] stands in: the pod that answered is its `x-pod` header,
+//! and a failure no pod answered is put on the pod whose stop explains it, the one
+//! stopped last before the request ended ([`Observed::inferred_cause`]).
+//!
 //! Not for: the watching itself (the caller's, with any client), or access logs other
 //! than Traefik's JSON.
 
@@ -31,6 +36,7 @@ use serde_json::Value;
 use crate::attribution::{Cause, attribute};
 use crate::ingress::{Entry, Try};
 use crate::timeline::{Event, EventKind, first};
+use crate::{ScenarioResult, Trace};
 
 /// One object a watch received, and when.
 #[derive(Debug, Clone)]
@@ -113,6 +119,21 @@ pub struct Failure {
     pub done: SystemTime,
 }
 
+/// One request as the load saw it, for a run without the entry point's access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// When it was sent (or due, when it never was).
+    pub sent: SystemTime,
+    /// When it ended.
+    pub done: SystemTime,
+    /// Its status (none: no response).
+    pub status: Option<u16>,
+    /// The pod whose app answered (its `x-pod` header), if one did.
+    pub pod: Option<String>,
+    /// Whether it succeeded.
+    pub ok: bool,
+}
+
 /// How long the ingress took to follow one pod's endpoint changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointLag {
@@ -180,6 +201,26 @@ impl Observed {
         observed
     }
 
+    /// The timeline of `pods`, `slices` and (kubelet) `events` as watched, with each
+    /// app serving from its first answer below 500 among `responses`.
+    pub fn from_responses(
+        origin: SystemTime,
+        pods: &[Watched],
+        slices: &[Watched],
+        events: &[Watched],
+        responses: &[Response],
+    ) -> Self {
+        let mut observed = Self::new(origin, pods, slices, events, &[]);
+        let answered: Vec<(usize, SystemTime)> = responses
+            .iter()
+            .filter(|r| r.status.is_some_and(|s| (100..500).contains(&s)))
+            .filter_map(|r| Some((observed.id(r.pod.as_deref()?)?, r.sent)))
+            .collect();
+        observed.serving_from(answered);
+        observed.events.sort_by_key(|e| e.at);
+        observed
+    }
+
     /// Every event, in order.
     pub fn events(&self) -> &[Event] {
         &self.events
@@ -230,6 +271,85 @@ impl Observed {
             *counts.entry(cause).or_insert(0) += 1;
         }
         counts
+    }
+
+    /// The cause of a failed `response`. Answered by a pod (`x-pod`): that pod's try.
+    /// Answered by nobody or by the entry point itself: every pod is tried as where it
+    /// went, and of the pods whose timeline explains the failure the one whose stop
+    /// (deletion, SIGTERM, SIGKILL) came last before the request ended is taken.
+    pub fn inferred_cause(&self, response: &Response) -> Cause {
+        let at = self.since_origin(response.sent);
+        let done = self.since_origin(response.done);
+        if let Some(pod) = response.pod.as_deref().and_then(|name| self.id(name)) {
+            let status = response.status.unwrap_or(0);
+            let entry = Entry {
+                at,
+                tries: vec![Try::Answered { pod, status }],
+            };
+            return attribute(done, Some(&entry), &self.events);
+        }
+        let stopped = |k: &EventKind| {
+            matches!(
+                k,
+                EventKind::Deleted | EventKind::Sigterm(_) | EventKind::Sigkill(_)
+            )
+        };
+        (1..=self.names.len())
+            .filter_map(|pod| {
+                let tried = match response.status {
+                    Some(504) => Try::ConnectFailed { pod },
+                    _ => Try::SentAndFailed { pod, reused: false },
+                };
+                let entry = Entry {
+                    at,
+                    tries: vec![tried],
+                };
+                let cause = attribute(done, Some(&entry), &self.events);
+                let stop = self
+                    .events
+                    .iter()
+                    .filter(|e| e.pod == pod && e.at <= done && stopped(&e.kind))
+                    .map(|e| e.at)
+                    .max()?;
+                (cause != Cause::Other).then_some((stop, cause))
+            })
+            .max_by_key(|(stop, _)| *stop)
+            .map_or(Cause::Other, |(_, cause)| cause)
+    }
+
+    /// A scenario's outcome from its `responses`: every failure given its inferred
+    /// cause, and the timeline kept for the report.
+    pub fn result(
+        &self,
+        name: &str,
+        responses: &[Response],
+        rollout_seconds: f64,
+        p99_ms: f64,
+    ) -> ScenarioResult {
+        let mut causes: BTreeMap<Cause, u64> = Cause::ALL.iter().map(|c| (*c, 0)).collect();
+        let mut requests = Vec::with_capacity(responses.len());
+        for response in responses {
+            let sent = self.since_origin(response.sent).as_secs_f64();
+            if response.ok {
+                requests.push((sent, None));
+                continue;
+            }
+            let cause = self.inferred_cause(response);
+            *causes.entry(cause).or_insert(0) += 1;
+            requests.push((sent, Some(cause)));
+        }
+        ScenarioResult {
+            name: name.to_owned(),
+            requests: responses.len() as u64,
+            failed: causes.values().sum(),
+            causes,
+            rollout_seconds,
+            p99_ms,
+            trace: Some(Trace {
+                requests,
+                events: self.events.clone(),
+            }),
+        }
     }
 
     /// Per pod whose endpoint changed while watched, how long the ingress took to
@@ -401,15 +521,20 @@ impl Observed {
     }
 
     fn serving(&mut self, accesses: &[Access]) {
+        let answered: Vec<(usize, SystemTime)> = accesses
+            .iter()
+            .filter(|a| matches!(a.upstream, Upstream::Answered(100..500)))
+            .filter_map(|a| Some((*self.ips.get(&a.backend?.ip())?, a.start)))
+            .collect();
+        self.serving_from(answered);
+    }
+
+    /// Each pod's app serves from the first of its `answered` requests.
+    fn serving_from(&mut self, answered: Vec<(usize, SystemTime)>) {
         let mut serving: BTreeMap<usize, SystemTime> = BTreeMap::new();
-        for access in accesses {
-            if !matches!(access.upstream, Upstream::Answered(100..500)) {
-                continue;
-            }
-            if let Some(pod) = access.backend.and_then(|b| self.ips.get(&b.ip())) {
-                let at = serving.entry(*pod).or_insert(access.start);
-                *at = (*at).min(access.start);
-            }
+        for (pod, start) in answered {
+            let at = serving.entry(pod).or_insert(start);
+            *at = (*at).min(start);
         }
         for (pod, at) in serving {
             self.push(at, pod, EventKind::AppServing);
@@ -687,6 +812,59 @@ mod tests {
             ]),
             "a 500 before the app served; sent before SIGTERM, cut after; sent after the \
              deletion (refused, or a connect that timed out); no access-log line"
+        );
+    }
+
+    fn response(sent: u64, done: u64, status: Option<u16>, pod: Option<&str>) -> Response {
+        Response {
+            sent: at(sent),
+            done: at(done),
+            status,
+            pod: pod.map(str::to_owned),
+            ok: status.is_some_and(|s| (200..400).contains(&s)),
+        }
+    }
+
+    #[test]
+    fn without_an_access_log_the_pod_header_and_the_timeline_give_the_cause() {
+        let (pods, slices, events, _) = rollout();
+        let responses = vec![
+            response(100, 110, Some(200), Some("old")),
+            response(600, 610, Some(500), Some("new")),
+            response(800, 810, Some(200), Some("new")),
+            response(900, 1100, Some(502), None),
+            response(1200, 1210, Some(502), None),
+            response(1300, 1310, Some(504), None),
+            response(200, 210, None, None),
+            response(850, 860, Some(500), Some("new")),
+        ];
+        let observed = Observed::from_responses(at(0), &pods, &slices, &events, &responses);
+        let causes: Vec<Cause> = responses
+            .iter()
+            .filter(|r| !r.ok)
+            .map(|r| observed.inferred_cause(r))
+            .collect();
+        assert_eq!(
+            causes,
+            [
+                Cause::PrematureActivation,
+                Cause::InflightCut,
+                Cause::StaleUpstream,
+                Cause::StaleUpstream,
+                Cause::Other,
+                Cause::Other,
+            ],
+            "a 500 from a pod before its app served; sent before SIGTERM and cut after; \
+             sent after the deletion; a failure before any pod stopped; a 500 from a \
+             serving app is its own"
+        );
+        let result = observed.result("plain", &responses, 1.5, 12.0);
+        assert_eq!((result.requests, result.failed), (8, 6));
+        assert_eq!(result.causes[&Cause::StaleUpstream], 2);
+        assert_eq!(
+            result.causes[&Cause::KeepaliveRace],
+            0,
+            "every cause listed"
         );
     }
 

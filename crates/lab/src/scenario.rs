@@ -90,9 +90,19 @@ impl Scenario {
         )
     }
 
+    /// The manifests it rolls on a real cluster: as in the lab, but the sidecar's
+    /// drain token is generated (the lab's fixed one is for loopback only).
+    pub fn manifests(self, manifest: Option<&Vec<Value>>) -> Result<Vec<Value>, ScenarioError> {
+        self.documents(manifest, None)
+    }
+
     /// The manifests it rolls: the shipped overlay, or `manifest` with the sidecar
-    /// injected as the scenario says.
-    fn documents(self, manifest: Option<&Vec<Value>>) -> Result<Vec<Value>, ScenarioError> {
+    /// injected as the scenario says (with `drain_token`, or a generated one).
+    fn documents(
+        self,
+        manifest: Option<&Vec<Value>>,
+        drain_token: Option<&str>,
+    ) -> Result<Vec<Value>, ScenarioError> {
         let parse = |text: &str| lameduck_manifests::parse_documents(self.name(), text);
         let plain = match manifest {
             Some(documents) => documents.clone(),
@@ -102,7 +112,7 @@ impl Scenario {
             let mut documents = plain.clone();
             let options = Options {
                 mode,
-                drain_token: Some(LAB_DRAIN_TOKEN.to_owned()),
+                drain_token: drain_token.map(str::to_owned),
                 ..Options::default()
             };
             lameduck_manifests::inject(&mut documents, &options)?;
@@ -121,7 +131,7 @@ impl Scenario {
 
     /// What it runs: the workload read from its manifests.
     pub(crate) fn workload(self, config: &LabConfig) -> Result<Workload, ScenarioError> {
-        let documents = self.documents(config.manifest.as_ref())?;
+        let documents = self.documents(config.manifest.as_ref(), Some(LAB_DRAIN_TOKEN))?;
         let workload =
             crate::workload::workload(&documents, config.time_scale, config.app_cmd.as_deref())?;
         Ok(workload)
@@ -202,26 +212,14 @@ impl Load {
             .iter()
             .filter_map(|w| format!("{base}?wait={w}").parse().ok())
             .collect();
-        let mut load = LoadConfig {
-            urls,
-            rate: config.rate,
-            limit: Limit::Duration(Duration::from_secs(600)),
-            method: http::Method::POST,
-            body: bytes::Bytes::from_static(b"lab"),
-            headers: http::HeaderMap::new(),
-            // nginx stands in for ingress-nginx by reloading, and a reload closes idle
-            // client keep-alive connections (seen: a request sent into one got EOF and
-            // nginx never logged it). ingress-nginx changes endpoints without reloading,
-            // so in nginx mode the load uses a connection per request to keep that
-            // artifact out of the verdicts.
-            keepalive: config.ingress == IngressKind::Embedded,
-            http2: false,
-            grpc: false,
-            timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-            max_inflight: 10_000,
-            connections: None,
-        };
+        let mut load =
+            LoadConfig::posts(urls, config.rate, Limit::Duration(Duration::from_secs(600)));
+        // nginx stands in for ingress-nginx by reloading, and a reload closes idle
+        // client keep-alive connections (seen: a request sent into one got EOF and
+        // nginx never logged it). ingress-nginx changes endpoints without reloading,
+        // so in nginx mode the load uses a connection per request to keep that
+        // artifact out of the verdicts.
+        load.keepalive = config.ingress == IngressKind::Embedded;
         if let Some((method, message)) = &config.grpc {
             // One target: the calls' own durations come from the method and message.
             load.urls.truncate(1);
@@ -409,14 +407,16 @@ mod tests {
         assert!("+nothing".parse::<Scenario>().is_err());
         let custom = lameduck_manifests::parse_documents("t", PLAIN).expect("plain");
         for scenario in Scenario::ALL {
-            let documents = scenario.documents(Some(&custom));
+            let documents = scenario.documents(Some(&custom), Some(LAB_DRAIN_TOKEN));
             assert_eq!(
                 documents.is_ok(),
                 scenario.takes_any_manifest(),
                 "{scenario}"
             );
         }
-        let injected = Scenario::Sidecar.documents(None).expect("sidecar");
+        let injected = Scenario::Sidecar
+            .documents(None, Some(LAB_DRAIN_TOKEN))
+            .expect("sidecar");
         let text = lameduck_manifests::to_yaml(&injected).expect("yaml");
         assert!(text.contains(LAB_DRAIN_TOKEN));
     }

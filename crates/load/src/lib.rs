@@ -174,6 +174,27 @@ pub enum LoadError {
 }
 
 impl LoadConfig {
+    /// The lab's load: a small POST body to `urls` in rotation at `rate`, over
+    /// keep-alive connections (one per request in flight), each request allowed 30 s
+    /// and its connect 5 s.
+    pub fn posts(urls: Vec<Uri>, rate: f64, limit: Limit) -> Self {
+        Self {
+            urls,
+            rate,
+            limit,
+            method: Method::POST,
+            body: Bytes::from_static(b"lab"),
+            headers: HeaderMap::new(),
+            keepalive: true,
+            http2: false,
+            grpc: false,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_inflight: 10_000,
+            connections: None,
+        }
+    }
+
     /// How many requests the run will schedule.
     pub fn total(&self) -> Result<u64, LoadError> {
         if !(self.rate.is_finite() && self.rate > 0.0) {

@@ -20,6 +20,21 @@ use crate::inject::SIDECAR_NAME;
 mod protocol;
 use crate::workload::{self, RollingUpdate, Strategy};
 
+/// The rules, with what each finds.
+pub const RULES: [(&str, &str); 5] = [
+    ("readiness-probe", "a serving pod has no readiness probe"),
+    ("pre-stop", "a serving container has no preStop hook"),
+    (
+        "grace-period",
+        "terminationGracePeriodSeconds is shorter than preStop plus drain plus margin",
+    ),
+    ("max-unavailable", "a rollout can take every ready pod down"),
+    (
+        "service-protocol",
+        "a Service port names a protocol the pod port does not serve",
+    ),
+];
+
 /// Seconds added on top of preStop and drain.
 pub const MARGIN_SECONDS: u64 = 5;
 
