@@ -10,7 +10,7 @@ DURATION ?= 30s
 OVERLAYS := plain readiness graceful-shutdown fixed
 KUSTOMIZE ?= $(shell command -v kubectl >/dev/null && echo "kubectl kustomize" || echo "kustomize build")
 
-.PHONY: help demo test test-system e2e e2e-up e2e-down lint load deploy show bench render chart
+.PHONY: help demo test test-system e2e e2e-up e2e-down lint load deploy show bench profile render chart
 
 chart: ## render the Helm chart (helm on PATH; LAMEDUCK_BLESS=1 on the chart tests rewrites the goldens)
 	helm template lameduck charts/lameduck --namespace lameduck-system --kube-version 1.34.0
@@ -70,3 +70,6 @@ bench: ## benchmarks, side by side in one run (see benches/README.md)
 	benches/load-peers/run.sh
 	benches/grpc-load/run.sh
 	benches/webhook/run.sh
+
+profile: ## where the sidecar's time and memory go: perf, heaptrack, RSS per idle connection (see benches/README.md)
+	benches/profile/run.sh
