@@ -164,7 +164,7 @@ impl Admin {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or("");
         if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
             Ok(())
@@ -172,6 +172,16 @@ impl Admin {
             Err(Refusal::BadToken)
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive and may be followed by more than one space (RFC 9110, 11.1 and
+/// 11.4).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 /// Why a `/drain` request was refused.
@@ -271,6 +281,24 @@ mod tests {
         assert_eq!(wrong.response().status(), StatusCode::UNAUTHORIZED);
         let missing = guarded.authorize(&none, pod_peer).expect_err("missing");
         assert_eq!(missing, Refusal::BadToken);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        let guarded = admin(Some("s3cret-token-0123456789"));
+        let mut lower = http::HeaderMap::new();
+        lower.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer s3cret-token-0123456789"),
+        );
+        let pod_peer: SocketAddr = "10.244.1.7:51234".parse().expect("addr");
+        assert!(guarded.authorize(&lower, pod_peer).is_ok());
     }
 
     #[test]
