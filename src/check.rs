@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use lameduck_live::Scope;
 use serde_json::{Value, json};
 
 use crate::io::{Inputs, write_stdout};
@@ -67,15 +66,13 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let drain = args.drain.as_secs();
     let (rows, json): (Vec<Row>, Value) = match &args.kubeconfig {
         Some(kubeconfig) => {
-            let scope = if args.all_namespaces {
-                Scope::All
-            } else {
-                Scope::Namespace(match &args.namespace {
-                    Some(namespace) => namespace.clone(),
-                    None => context_namespace(kubeconfig, args.context.as_deref()),
-                })
-            };
-            let findings = crate::live::check(kubeconfig, args.context.as_deref(), &scope, drain)?;
+            let findings = crate::live::check(
+                kubeconfig,
+                args.context.as_deref(),
+                args.namespace.as_deref(),
+                args.all_namespaces,
+                drain,
+            )?;
             let rows = findings
                 .iter()
                 .map(|f| Row {
@@ -132,25 +129,6 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(lameduck_contract::exit::FAILURE)
     })
-}
-
-/// The namespace of the kubeconfig's context, as kubectl takes it (`default` when
-/// none is set or the file cannot say).
-fn context_namespace(kubeconfig: &std::path::Path, context: Option<&str>) -> String {
-    let text = std::fs::read_to_string(kubeconfig).unwrap_or_default();
-    let documents = lameduck_manifests::parse_stream("kubeconfig", &text).unwrap_or_default();
-    let config = documents.first().cloned().unwrap_or_default();
-    let wanted = context
-        .map(str::to_owned)
-        .or_else(|| config["current-context"].as_str().map(str::to_owned));
-    config["contexts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"].as_str() == wanted.as_deref())
-        .and_then(|c| c["context"]["namespace"].as_str())
-        .unwrap_or("default")
-        .to_owned()
 }
 
 /// The findings as a SARIF 2.1.0 log: every rule described, each finding a result at

@@ -91,16 +91,23 @@ pub(crate) fn lab(args: &LabArgs, kubeconfig: &Path) -> anyhow::Result<ExitCode>
     })
 }
 
-/// The live findings of `scope`.
+/// The live findings in `namespace` (default: the context's, as kubectl takes it), or
+/// in every namespace.
 pub(crate) fn check(
     kubeconfig: &Path,
     context: Option<&str>,
-    scope: &Scope,
+    namespace: Option<&str>,
+    all_namespaces: bool,
     drain_seconds: u64,
 ) -> anyhow::Result<Vec<LiveFinding>> {
     let runtime = runtime()?;
     runtime.block_on(async {
         let client = lameduck_live::connect(kubeconfig, context).await?;
-        Ok(lameduck_live::check::check(&client, scope, drain_seconds).await?)
+        let scope = if all_namespaces {
+            Scope::All
+        } else {
+            Scope::Namespace(namespace.unwrap_or(client.default_namespace()).to_owned())
+        };
+        Ok(lameduck_live::check::check(&client, &scope, drain_seconds).await?)
     })
 }

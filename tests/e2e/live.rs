@@ -117,6 +117,16 @@ fn service_account_kubeconfig(namespace: &str, runner: &str) -> PathBuf {
     path
 }
 
+/// The plain scenario in the lab's namespace through `url` with `extra` flags, as
+/// `config`'s user: it must exit 1; its output.
+fn failing_plain(config: &Path, url: &str, extra: &[&str]) -> String {
+    let mut args = vec!["--namespace", LAB, "--url", url, "--scenario", "plain"];
+    args.extend_from_slice(extra);
+    let output = text(&lab(config, &args));
+    assert!(output.starts_with("exit Some(1)"), "{output}");
+    output
+}
+
 /// Every object with the lab's label, anywhere (kind/name lines).
 fn labelled() -> String {
     kubectl(
@@ -177,48 +187,24 @@ pub(super) fn the_cluster_lab_and_the_live_check() {
 
     // The whole Role: the lab runs as the ServiceAccount.
     kubectl(&["apply", "-n", LAB, "-f", "-"], Some(&role(LAB, &[])));
-    let unpullable = lab(
-        &runner,
-        &[
-            "--namespace",
-            LAB,
-            "--url",
-            &url,
-            "--scenario",
-            "plain",
-            "--image",
-            "lameduck/no-such-image:0",
-        ],
-    );
-    assert_eq!(unpullable.status.code(), Some(1), "{}", text(&unpullable));
+    let unpullable = failing_plain(&runner, &url, &["--image", "lameduck/no-such-image:0"]);
     assert!(
-        text(&unpullable).contains("image lameduck/no-such-image:0 cannot be pulled"),
-        "{}",
-        text(&unpullable)
+        unpullable.contains("image lameduck/no-such-image:0 cannot be pulled"),
+        "{unpullable}"
     );
     assert_eq!(labelled().trim(), "", "cleaned up after the pull error");
     let never_ready = state("never-ready.yaml");
     std::fs::write(&never_ready, never_ready_manifest()).expect("manifest");
-    let stuck = lab(
+    let stuck = failing_plain(
         &runner,
-        &[
-            "--namespace",
-            LAB,
-            "--url",
-            &url,
-            "--scenario",
-            "plain",
-            "--manifest",
-            &never_ready.display().to_string(),
-        ],
+        &url,
+        &["--manifest", &never_ready.display().to_string()],
     );
-    assert_eq!(stuck.status.code(), Some(1), "{}", text(&stuck));
     assert!(
-        text(&stuck).contains(
+        stuck.contains(
             "the rollout of deployment demo-app is stuck past its progressDeadlineSeconds (10 s)"
         ),
-        "{}",
-        text(&stuck)
+        "{stuck}"
     );
     assert_eq!(labelled().trim(), "", "cleaned up after the stuck rollout");
 
