@@ -40,7 +40,7 @@ APP=127.0.0.1:18280 SIDECAR=127.0.0.1:18281 ADMIN=127.0.0.1:18291
 "$BIN/demo-app" --listen "$APP" --startup-delay 0s 2>"$WORK/app.log" & pids+=($!)
 
 sidecar() { # starts the sidecar (optionally under a wrapper); sets SIDECAR_PID
-  TOKIO_WORKER_THREADS=1 LAMEDUCK_LOG=warn LAMEDUCK_SHUTDOWN_DELAY=0s "$@" "$BIN/lameduck-sidecar" --listen "$SIDECAR" \
+  TOKIO_WORKER_THREADS=1 LAMEDUCK_WORKERS=1 LAMEDUCK_LOG=warn LAMEDUCK_SHUTDOWN_DELAY=0s "$@" "$BIN/lameduck-sidecar" --listen "$SIDECAR" \
     --admin "$ADMIN" --upstream "$APP" >>"$WORK/sidecar.out" 2>>"$WORK/sidecar.log" &
   SIDECAR_PID=$!; pids+=("$SIDECAR_PID")
   SERVER_PID=

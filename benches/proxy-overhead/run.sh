@@ -41,7 +41,7 @@ trap cleanup EXIT
 APP=127.0.0.1:18180 SIDECAR=127.0.0.1:18181 ADMIN=127.0.0.1:18191 NGINX=127.0.0.1:18182 HAPROXY=127.0.0.1:18183
 
 "$BIN/demo-app" --listen "$APP" --startup-delay 0s 2>"$WORK/app.log" & pids+=($!)
-TOKIO_WORKER_THREADS=1 LAMEDUCK_LOG=warn "$BIN/lameduck-sidecar" --listen "$SIDECAR" --admin "$ADMIN" \
+TOKIO_WORKER_THREADS=1 LAMEDUCK_WORKERS=1 LAMEDUCK_LOG=warn "$BIN/lameduck-sidecar" --listen "$SIDECAR" --admin "$ADMIN" \
   --upstream "$APP" 2>"$WORK/sidecar.log" & pids+=($!); SIDECAR_PID=$!
 
 cat >"$WORK/nginx.conf" <<CONF

@@ -269,6 +269,11 @@ pub struct Args {
     /// Largest accepted request head in bytes (431 beyond).
     #[arg(long, env = env::MAX_HEADER_SIZE, default_value_t = defaults::MAX_HEADER_SIZE)]
     pub max_header_size: usize,
+    /// Threads serving requests; 0: one per CPU the process may use (its cgroup's CPU
+    /// limit counts). With 1 the runtime is single-threaded, which is cheapest per
+    /// request for a sidecar given one CPU or less.
+    #[arg(long, env = env::WORKERS, default_value_t = defaults::WORKERS)]
+    pub workers: usize,
     /// Log format.
     #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -330,6 +335,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Max request head size.
     pub max_header_size: usize,
+    /// Worker threads, resolved (at least 1).
+    pub workers: usize,
 }
 
 /// Every serving address differs from the others and from the admin address, and no
@@ -473,6 +480,10 @@ impl Args {
             header_read_timeout: positive("--header-read-timeout", self.header_read_timeout)?,
             idle_timeout: positive("--idle-timeout", self.idle_timeout)?,
             max_header_size: self.max_header_size,
+            workers: match self.workers {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            },
         })
     }
 }

@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::server::conn::{http1, http2};
@@ -37,6 +38,11 @@ const H2_PREFACE: &[u8] = CLIENT_PREFACE;
 const H2_READ_CHUNK: usize = 16 * 1024;
 /// The most concurrent HTTP/2 streams per connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// An HTTP/1 keep-alive connection idle this long, with nothing half-done, is parked:
+/// hyper's state and buffers (about 20 KiB) are dropped until the client sends again.
+/// Short enough that idle pools cost little, long enough that a busy connection is
+/// never taken apart between two requests.
+const H1_PARK_AFTER: Duration = Duration::from_millis(200);
 
 /// The client socket, replaying sniffed bytes first and reporting reads to the watchdog.
 /// On HTTP/2 its bytes pass through the GOAWAY bookkeeping of `crate::h2_frames`.
@@ -154,6 +160,7 @@ impl AsyncWrite for ClientIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.source.stream).poll_write(cx, buf);
+        this.source.state.on_write(polled.is_pending());
         if let (Poll::Ready(Ok(n)), Some(frames)) = (&polled, this.h2.as_mut()) {
             frames.wrote(&buf[..*n]);
         }
@@ -167,6 +174,7 @@ impl AsyncWrite for ClientIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.source.stream).poll_write_vectored(cx, bufs);
+        this.source.state.on_write(polled.is_pending());
         if let (Poll::Ready(Ok(n)), Some(frames)) = (&polled, this.h2.as_mut()) {
             let mut left = *n;
             for slice in bufs {
@@ -186,7 +194,10 @@ impl AsyncWrite for ClientIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().source.stream).poll_flush(cx)
+        let source = &mut self.get_mut().source;
+        let polled = Pin::new(&mut source.stream).poll_flush(cx);
+        source.state.on_write(polled.is_pending());
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
@@ -237,78 +248,174 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, context: Arc<
         }
     };
     state.h2.store(h2, Ordering::Relaxed);
-    let io = TokioIo::new(ClientIo {
-        source: Source {
-            prefix,
-            stream,
-            state: state.clone(),
-        },
-        h2: h2.then(H2Frames::new),
-    });
-    let service = {
-        let context = context.clone();
-        let state = state.clone();
-        service_fn(move |request| {
-            let handled = context.clone().handle(request, peer, state.clone());
-            async move { Ok::<_, std::convert::Infallible>(handled.await) }
-        })
+    let source = Source {
+        prefix,
+        stream,
+        state: state.clone(),
     };
+    // Boxed: the task itself stays small while an HTTP/1 connection is parked.
     if h2 {
-        // No keep-alive or adaptive-window PINGs: `h2_frames` takes the first PING
-        // ACK after our GOAWAY to be the shutdown PING's.
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-            .max_header_list_size(
-                u32::try_from(context.config.max_header_size).unwrap_or(u32::MAX),
-            );
-        let connection = builder.serve_connection(io, service);
-        drive(
-            connection,
-            |c| c.graceful_shutdown(),
-            &state,
-            &context,
-            true,
-        )
-        .await;
+        Box::pin(serve_h2(source, peer, &state, &context)).await;
     } else {
-        let mut builder = http1::Builder::new();
-        builder
-            .keep_alive(true)
-            .preserve_header_case(true)
-            .header_read_timeout(None)
-            .max_buf_size(
-                context
-                    .config
-                    .max_header_size
-                    .max(crate::config::MIN_MAX_HEADER_SIZE),
-            );
-        builder.max_header_size(context.config.max_header_size);
-        let connection = builder.serve_connection(io, service).with_upgrades();
-        drive(
-            connection,
-            |c| c.graceful_shutdown(),
-            &state,
-            &context,
-            false,
-        )
-        .await;
+        serve_h1(source, peer, &state, &context).await;
     }
+}
+
+/// The service hyper calls for each request of one connection.
+fn service(
+    context: Arc<Context>,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::upstream::Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<
+        Output = Result<http::Response<crate::upstream::Body>, std::convert::Infallible>,
+    > + Send,
+> + Clone
++ Unpin {
+    service_fn(move |request| {
+        let handled = context.clone().handle(request, peer, state.clone());
+        async move { Ok::<_, std::convert::Infallible>(handled.await) }
+    })
+}
+
+async fn serve_h2(
+    source: Source,
+    peer: SocketAddr,
+    state: &Arc<ConnState>,
+    context: &Arc<Context>,
+) {
+    let io = TokioIo::new(ClientIo {
+        source,
+        h2: Some(H2Frames::new()),
+    });
+    // No keep-alive or adaptive-window PINGs: `h2_frames` takes the first PING
+    // ACK after our GOAWAY to be the shutdown PING's.
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(u32::try_from(context.config.max_header_size).unwrap_or(u32::MAX));
+    let connection = builder.serve_connection(io, service(context.clone(), peer, state.clone()));
+    let mut connection = std::pin::pin!(connection);
+    drive(
+        connection.as_mut(),
+        |c| c.graceful_shutdown(),
+        state,
+        context,
+        true,
+        None,
+    )
+    .await;
+}
+
+/// Serves an HTTP/1 connection: hyper while there is something to do, the bare socket
+/// while it is parked (idle past [`H1_PARK_AFTER`] with nothing half-done). Parking
+/// drops hyper's connection state, its read and write buffers and the request future's
+/// slot; the next byte from the client builds them again, replaying any bytes hyper
+/// had read but not parsed.
+async fn serve_h1(
+    mut source: Source,
+    peer: SocketAddr,
+    state: &Arc<ConnState>,
+    context: &Arc<Context>,
+) {
+    let config = &context.config;
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .preserve_header_case(true)
+        .header_read_timeout(None)
+        .max_buf_size(
+            config
+                .max_header_size
+                .max(crate::config::MIN_MAX_HEADER_SIZE),
+        );
+    builder.max_header_size(config.max_header_size);
+    loop {
+        let io = TokioIo::new(ClientIo { source, h2: None });
+        let mut connection = Box::new(
+            builder
+                .serve_connection(io, service(context.clone(), peer, state.clone()))
+                .with_upgrades(),
+        );
+        let driven = Box::pin(drive(
+            Pin::new(&mut *connection),
+            |c| c.graceful_shutdown(),
+            state,
+            context,
+            false,
+            Some(H1_PARK_AFTER),
+        ))
+        .await;
+        if driven == Driven::Ended {
+            return;
+        }
+        // Everything of hyper's is dropped here; only the socket and unparsed bytes
+        // are kept (an empty read buffer would still pin its allocation).
+        let Some((io, unparsed)) = connection.into_parts().map(|p| (p.io, p.read_buf)) else {
+            return; // upgraded: the tunnel has the socket
+        };
+        source = io.into_inner().source;
+        if !unparsed.is_empty() {
+            // Bytes of a next request head hyper read behind the last one: serve them
+            // at once, under the header clock.
+            source.prefix = unparsed;
+            state.on_read();
+            continue;
+        }
+        drop(unparsed);
+        if !park(&source.stream, state, context).await {
+            return;
+        }
+    }
+}
+
+/// Waits on a parked connection's bare socket; `true` when the client sent something
+/// (or closed: hyper reads the end), `false` when the connection is to be closed
+/// (idle timeout, shutdown, cut).
+async fn park(stream: &TcpStream, state: &ConnState, context: &Context) -> bool {
+    context.metrics.connections_parked.inc();
+    let mut phase = context.lifecycle.watch_phase();
+    let idle_until = state.idle_deadline(context.config.idle_timeout);
+    let resumed = if phase.borrow_and_update().shuts_down(false) {
+        false
+    } else {
+        tokio::select! {
+            readable = stream.readable() => readable.is_ok(),
+            _ = context.cut.cancelled() => false,
+            _ = phase.wait_for(|p| p.shuts_down(false)) => false,
+            _ = tokio::time::sleep_until(idle_until) => false,
+        }
+    };
+    context.metrics.connections_parked.dec();
+    resumed
+}
+
+/// How [`drive`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driven {
+    /// The connection is over.
+    Ended,
+    /// The HTTP/1 connection is parkable: take it apart.
+    Park,
 }
 
 /// Runs a connection next to its watchdog and the phase.
 async fn drive<C>(
-    connection: C,
+    mut connection: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
     state: &ConnState,
     context: &Context,
     h2: bool,
-) where
+    park_after: Option<Duration>,
+) -> Driven
+where
     C: Future<Output = Result<(), hyper::Error>>,
 {
     let config = &context.config;
-    let mut connection = std::pin::pin!(connection);
     let mut phase = context.lifecycle.watch_phase();
     let shuts_down = |p: crate::lifecycle::Phase| p.shuts_down(h2);
     let mut closing = false;
@@ -323,8 +430,9 @@ async fn drive<C>(
         closing = true;
     }
     loop {
+        let park = park_after.filter(|_| !closing);
         let deadline = state
-            .next_deadline(config.header_read_timeout, config.idle_timeout)
+            .next_deadline(config.header_read_timeout, config.idle_timeout, park)
             .filter(|d| !(closing && matches!(d, Deadline::Idle(_))));
         let wake_at = deadline.map_or_else(|| Instant::now() + config.idle_timeout, Deadline::at);
         tokio::select! {
@@ -332,9 +440,9 @@ async fn drive<C>(
                 if let Err(error) = result {
                     debug!(%error, "client connection ended with an error");
                 }
-                return;
+                return Driven::Ended;
             }
-            _ = context.cut.cancelled() => return,
+            _ = context.cut.cancelled() => return Driven::Ended,
             changed = phase.changed(), if !closing => {
                 if changed.is_err() || shuts_down(*phase.borrow_and_update()) {
                     graceful(connection.as_mut());
@@ -357,17 +465,19 @@ async fn drive<C>(
                 }
             }
             _ = tokio::time::sleep_until(wake_at) => {
-                match state.next_deadline(config.header_read_timeout, config.idle_timeout) {
-                    Some(Deadline::Header(at)) if at <= Instant::now() => {
+                let now = Instant::now();
+                match state.next_deadline(config.header_read_timeout, config.idle_timeout, park) {
+                    Some(Deadline::Header(at)) if at <= now => {
                         debug!("request head not received in time, closing");
                         context.metrics.header_read_timeouts.inc();
-                        return;
+                        return Driven::Ended;
                     }
-                    Some(Deadline::Idle(at)) if at <= Instant::now() && !closing => {
+                    Some(Deadline::Idle(at)) if at <= now && !closing => {
                         debug!("keep-alive idle timeout, closing");
                         graceful(connection.as_mut());
                         closing = true;
                     }
+                    Some(Deadline::Park(at)) if at <= now => return Driven::Park,
                     _ => {}
                 }
             }

@@ -10,6 +10,11 @@ use lameduck_contract::exit::{INTERRUPTED, USAGE};
 use lameduck_sidecar::config::LogFormat;
 use lameduck_sidecar::{Args, DrainOutcome, Exit, UnixSignals};
 
+/// jemalloc instead of glibc's malloc: buffers freed by connections that went idle or
+/// closed go back to the kernel (glibc keeps the holes a burst leaves in its heap).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,
@@ -41,10 +46,18 @@ fn main() -> ExitCode {
     }
     init_tracing(log_format);
     let registry = prometheus::Registry::new();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One worker: a single-threaded runtime (no work-stealing or cross-thread wakeups).
+    let runtime = match config.workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("lameduck-sidecar: starting the runtime: {error}");

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub requests_cut: IntCounter,
     /// Client connections open.
     pub connections_open: IntGauge,
+    /// Idle HTTP/1 client connections parked (holding no HTTP state).
+    pub connections_parked: IntGauge,
     /// Client connections closed for sending headers too slowly.
     pub header_read_timeouts: IntCounter,
     /// HTTP/2 connections to the app on which the app sent GOAWAY.
@@ -147,6 +149,10 @@ impl Metrics {
                 "lameduck_connections_open",
                 "Client connections open on the serving port.",
             )?,
+            connections_parked: IntGauge::new(
+                "lameduck_connections_parked",
+                "Idle HTTP/1 client connections parked: open, holding no HTTP state or buffers until the client sends again.",
+            )?,
             header_read_timeouts: IntCounter::new(
                 "lameduck_header_read_timeouts_total",
                 "Client connections closed for not sending a request head within the header read timeout.",
@@ -180,6 +186,7 @@ impl Metrics {
         registry.register(Box::new(metrics.upstream_retries.clone()))?;
         registry.register(Box::new(metrics.requests_cut.clone()))?;
         registry.register(Box::new(metrics.connections_open.clone()))?;
+        registry.register(Box::new(metrics.connections_parked.clone()))?;
         registry.register(Box::new(metrics.header_read_timeouts.clone()))?;
         registry.register(Box::new(metrics.app_goaways.clone()))?;
         registry.register(Box::new(metrics.goaways_relayed.clone()))?;

@@ -69,6 +69,7 @@ impl Context {
             .flatten();
         let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let grpc = is_grpc(request.headers());
+        let request = track_request_body(request, &guard.conn);
 
         let mut response = match self.forward(request, peer, upgrade, wire, grpc).await {
             Ok((response, lease)) => self.relay(response, lease, on_upgrade),
@@ -98,7 +99,7 @@ impl Context {
     /// Waits for the app if needed and sends the request; a ready-made error response otherwise.
     async fn forward(
         &self,
-        request: Request<Incoming>,
+        request: Request<Body>,
         peer: SocketAddr,
         upgrade: Option<HeaderValue>,
         wire: Wire,
@@ -237,7 +238,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// origin-form URI and a Host header, for HTTP/2 an absolute URI carrying the
 /// authority (`:scheme`, `:authority`) and no Host header.
 fn upstream_request(
-    request: Request<Incoming>,
+    request: Request<Body>,
     peer: SocketAddr,
     upgrade: Option<HeaderValue>,
     wire: Wire,
@@ -302,7 +303,23 @@ fn upstream_request(
             parts.version = Version::HTTP_2;
         }
     }
-    Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+    Request::from_parts(parts, body)
+}
+
+/// The request with its body boxed; a body that is not empty reports to the
+/// connection whether it was read to its end (an idle connection is parked only
+/// once every body was).
+fn track_request_body(request: Request<Incoming>, conn: &Arc<ConnState>) -> Request<Body> {
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        return Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+    }
+    conn.request_body_opened();
+    let conn = conn.clone();
+    let body = OnEnd::new(body, move |end| {
+        conn.request_body_closed(end == End::Complete)
+    });
+    Request::from_parts(parts, body.boxed_unsync())
 }
 
 /// The app's address as a URI authority.
@@ -485,16 +502,16 @@ enum End {
 }
 
 /// A body that calls `on_end` exactly once, when it ends or is dropped.
-struct OnEnd<B> {
+struct OnEnd<B, F: FnOnce(End)> {
     inner: B,
-    on_end: Option<Box<dyn FnOnce(End) + Send>>,
+    on_end: Option<F>,
 }
 
-impl<B: HttpBody> OnEnd<B> {
-    fn new(inner: B, on_end: impl FnOnce(End) + Send + 'static) -> Self {
+impl<B: HttpBody, F: FnOnce(End)> OnEnd<B, F> {
+    fn new(inner: B, on_end: F) -> Self {
         let mut body = Self {
             inner,
-            on_end: Some(Box::new(on_end)),
+            on_end: Some(on_end),
         };
         if body.inner.is_end_stream() {
             body.end(End::Complete);
@@ -509,7 +526,7 @@ impl<B: HttpBody> OnEnd<B> {
     }
 }
 
-impl<B> Drop for OnEnd<B> {
+impl<B, F: FnOnce(End)> Drop for OnEnd<B, F> {
     fn drop(&mut self) {
         if let Some(on_end) = self.on_end.take() {
             on_end(End::Abandoned);
@@ -517,10 +534,11 @@ impl<B> Drop for OnEnd<B> {
     }
 }
 
-impl<B> HttpBody for OnEnd<B>
+impl<B, F> HttpBody for OnEnd<B, F>
 where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
+    F: FnOnce(End) + Unpin,
 {
     type Data = Bytes;
     type Error = BoxError;

@@ -7,8 +7,14 @@
 //! - Idle deadline: a keep-alive connection with nothing in flight for the idle
 //!   timeout is closed gracefully.
 //!
-//! The IO reports reads, the requests report their start and end; the connection's
-//! task asks for the next deadline and sleeps until it (or until woken).
+//! - Park deadline (HTTP/1 only): a keep-alive connection with nothing in flight,
+//!   nothing half-read and nothing unwritten for a moment gives hyper's state back
+//!   (buffers, the request future's slot) and waits on the bare socket; see
+//!   `crate::connection`.
+//!
+//! The IO reports reads and blocked writes, the requests report their start and end
+//! and whether their body was read to its end; the connection's task asks for the
+//! next deadline and sleeps until it (or until woken).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,6 +34,13 @@ pub(crate) struct ConnState {
     last_done_ms: AtomicU64,
     /// First byte of a pending request head, ms since `epoch` plus one; 0: none.
     head_started_ms: AtomicU64,
+    /// Request bodies handed to the proxy and not yet read to their end.
+    bodies_open: AtomicUsize,
+    /// A request body was dropped before its end: hyper may still be reading (or
+    /// discarding) it, so the connection is never parked.
+    body_abandoned: AtomicBool,
+    /// The last write to the client could not complete: hyper holds unwritten bytes.
+    write_blocked: AtomicBool,
     pub(crate) wake: Notify,
 }
 
@@ -40,6 +53,9 @@ impl ConnState {
             first_request_seen: AtomicBool::new(false),
             last_done_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
+            bodies_open: AtomicUsize::new(0),
+            body_abandoned: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
@@ -87,21 +103,67 @@ impl ConnState {
         self.wake.notify_one();
     }
 
-    /// The next watchdog deadline and what it means.
+    /// A request body that is not empty was handed to the proxy.
+    pub(crate) fn request_body_opened(&self) {
+        self.bodies_open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// That body was read to its end (`complete`) or dropped before it.
+    pub(crate) fn request_body_closed(&self, complete: bool) {
+        if !complete {
+            self.body_abandoned.store(true, Ordering::Release);
+        }
+        self.bodies_open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A write to the client completed (`false`) or could not (`true`).
+    pub(crate) fn on_write(&self, blocked: bool) {
+        if self.write_blocked.load(Ordering::Relaxed) != blocked {
+            self.write_blocked.store(blocked, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the HTTP/1 connection is between requests with nothing half-done: no
+    /// request in flight, no byte of a next head, every request body read to its
+    /// end and every response byte written.
+    pub(crate) fn parkable(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started_ms.load(Ordering::Acquire) == 0
+            && self.bodies_open.load(Ordering::Acquire) == 0
+            && !self.body_abandoned.load(Ordering::Acquire)
+            && !self.write_blocked.load(Ordering::Relaxed)
+            && !self.h2.load(Ordering::Relaxed)
+    }
+
+    /// The next watchdog deadline and what it means. With `park_after`, an idle
+    /// connection that is [`parkable`](Self::parkable) is parked that long after its
+    /// last request ended (unless the idle deadline comes first).
     pub(crate) fn next_deadline(
         &self,
         header_timeout: Duration,
         idle_timeout: Duration,
+        park_after: Option<Duration>,
     ) -> Option<Deadline> {
         let head = self.head_started_ms.load(Ordering::Acquire);
         if head != 0 {
             return Some(Deadline::Header(self.at(head - 1) + header_timeout));
         }
         if self.in_flight.load(Ordering::Acquire) == 0 {
-            let last = self.last_done_ms.load(Ordering::Acquire);
-            return Some(Deadline::Idle(self.at(last) + idle_timeout));
+            let last = self.at(self.last_done_ms.load(Ordering::Acquire));
+            let idle = Deadline::Idle(last + idle_timeout);
+            return Some(match park_after {
+                Some(after) if after < idle_timeout && self.parkable() => {
+                    Deadline::Park(last + after)
+                }
+                _ => idle,
+            });
         }
         None
+    }
+
+    /// When the connection goes idle-closed, counted from its last request.
+    pub(crate) fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
+        self.at(self.last_done_ms.load(Ordering::Acquire)) + idle_timeout
     }
 }
 
@@ -112,12 +174,14 @@ pub(crate) enum Deadline {
     Header(Instant),
     /// Nothing in flight: the connection is idle-closed then.
     Idle(Instant),
+    /// Nothing in flight or half-done: the HTTP/1 connection is parked then.
+    Park(Instant),
 }
 
 impl Deadline {
     pub(crate) fn at(self) -> Instant {
         match self {
-            Deadline::Header(at) | Deadline::Idle(at) => at,
+            Deadline::Header(at) | Deadline::Idle(at) | Deadline::Park(at) => at,
         }
     }
 }
@@ -135,7 +199,7 @@ mod tests {
         let opened = Instant::now();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(
-            state.next_deadline(HEADER, IDLE),
+            state.next_deadline(HEADER, IDLE, None),
             Some(Deadline::Idle(opened + IDLE))
         );
     }
@@ -149,19 +213,19 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         state.on_read();
         assert_eq!(
-            state.next_deadline(HEADER, IDLE),
+            state.next_deadline(HEADER, IDLE, None),
             Some(Deadline::Header(first_byte + HEADER)),
             "later bytes of the same head do not move it"
         );
         state.request_started();
         assert_eq!(
-            state.next_deadline(HEADER, IDLE),
+            state.next_deadline(HEADER, IDLE, None),
             None,
             "in flight: no deadline"
         );
         state.on_read();
         assert_eq!(
-            state.next_deadline(HEADER, IDLE),
+            state.next_deadline(HEADER, IDLE, None),
             None,
             "bytes behind a request in flight are its body"
         );
@@ -169,7 +233,7 @@ mod tests {
         let done = Instant::now();
         state.request_done();
         assert_eq!(
-            state.next_deadline(HEADER, IDLE),
+            state.next_deadline(HEADER, IDLE, None),
             Some(Deadline::Idle(done + IDLE))
         );
     }
@@ -180,7 +244,7 @@ mod tests {
         state.h2.store(true, Ordering::Relaxed);
         state.on_read();
         assert!(matches!(
-            state.next_deadline(HEADER, IDLE),
+            state.next_deadline(HEADER, IDLE, None),
             Some(Deadline::Idle(_))
         ));
     }

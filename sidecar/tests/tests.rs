@@ -569,3 +569,122 @@ async fn a_sidecar_nobody_scrapes_exits_right_after_the_drain() {
         signalled.elapsed()
     );
 }
+
+/// Reads one HTTP/1.1 response (head and `Content-Length` body) from a raw stream;
+/// empty if the connection closed first.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                let rest = buf.split_off(end + 4 + length);
+                assert!(rest.is_empty(), "more than one response arrived");
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap_or(0);
+        if n == 0 {
+            return String::from_utf8_lossy(&buf).into_owned();
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Polls a metric until it has `value`, for up to 3 s.
+async fn wait_for_metric(sidecar: &support::Running, series: &str, value: f64) {
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let now = sidecar.metric(series).await;
+        if now == value {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{series} is {now}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_parked_and_answer_their_next_request() {
+    const POST: &[u8] = b"POST /?wait=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    let app = start_app(app_config());
+    let mut sidecar = Sidecar::new(app.addr)
+        .arg("--header-read-timeout=1s")
+        .arg("--shutdown-delay=0s")
+        .arg("--final-scrape-timeout=0s")
+        .start()
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(sidecar.listen).await.expect("connect");
+        stream.write_all(POST).await.expect("write");
+        let response = read_response(&mut stream).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        clients.push(stream);
+    }
+    wait_for_metric(&sidecar, "lameduck_connections_parked", 20.0).await;
+
+    // Each parked connection answers again; one sends two requests in one write.
+    for stream in &mut clients {
+        stream.write_all(POST).await.expect("write");
+        let response = read_response(stream).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    let pipelined = [POST, POST].concat();
+    clients[0].write_all(&pipelined).await.expect("write");
+    let mut both = [0u8; 8192];
+    let mut seen = String::new();
+    while seen.matches("HTTP/1.1 200").count() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(5), clients[0].read(&mut both))
+            .await
+            .expect("both answers in time")
+            .expect("read");
+        assert!(n > 0, "closed after {seen}");
+        seen.push_str(&String::from_utf8_lossy(&both[..n]));
+    }
+    wait_for_metric(&sidecar, "lameduck_connections_parked", 20.0).await;
+    assert_eq!(sidecar.metric("lameduck_connections_open").await, 20.0);
+
+    // A parked connection that starts a head and stalls is cut at the header timeout.
+    let started = Instant::now();
+    clients[1]
+        .write_all(b"GET / HTTP/1.1\r\nHo")
+        .await
+        .expect("write");
+    let mut probe = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), clients[1].read(&mut probe))
+        .await
+        .expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        sidecar.metric("lameduck_header_read_timeouts_total").await,
+        1.0
+    );
+
+    // The drain closes parked connections at once: nothing is in flight on them.
+    sidecar.signal("TERM");
+    for stream in clients.iter_mut().skip(2) {
+        let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut probe))
+            .await
+            .expect("closed at the drain");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    assert!(sidecar.wait().await.success());
+}

@@ -53,6 +53,8 @@ pub mod env {
     /// More serving ports, comma-separated `LISTEN=UPSTREAM[/MODE]`
     /// (MODE `http1`, `h2c`, `auto` or `tcp`).
     pub const LISTENERS: &str = "LAMEDUCK_LISTENERS";
+    /// Threads serving requests (0: one per CPU the process may use).
+    pub const WORKERS: &str = "LAMEDUCK_WORKERS";
     /// Log format (`text` or `json`).
     pub const LOG_FORMAT: &str = "LAMEDUCK_LOG_FORMAT";
     /// Log filter, in `tracing-subscriber`'s `EnvFilter` syntax.
@@ -122,6 +124,9 @@ pub mod defaults {
     pub const MIN_MAX_HEADER_SIZE: usize = 8192;
     /// The shortest drain token accepted.
     pub const MIN_DRAIN_TOKEN_LEN: usize = 16;
+    /// Worker threads: 0 means one per CPU the process may use (its cgroup's CPU
+    /// limit counts); with one, the sidecar runs a single-threaded runtime.
+    pub const WORKERS: usize = 0;
 }
 
 /// Paths on the sidecar's admin port.
