@@ -4,30 +4,56 @@
 # side in interleaved rounds of one run (the machine is shared and noisy: compare
 # ratios within a run, not absolute numbers across runs).
 #
-#   benches/proxy-overhead/run.sh [OUT_DIR]        (default: benches/results/<date>-<host>)
-#   ROUNDS=3 SECONDS_PER_RUN=5 CONNECTIONS=32 benches/proxy-overhead/run.sh
+# Sections, each in ROUNDS interleaved rounds (the target order rotates per round):
+#  1. saturated keep-alive POST req/s (wrk, one thread, CONNECTIONS) and p50/p99 at
+#     one sequential connection;
+#  2. fixed-rate latency, open model: `lameduck load` at each of RATES for
+#     RATE_SECONDS, p50/p99/p99.9 from send to the end of the response, and each
+#     process's CPU seconds per second of load (its own, not the client's);
+#  3. HTTP/2 (h2c prior knowledge): h2load, 10 connections x 10 streams, req/s;
+#  4. memory: RSS idle, then with each of IDLE_COUNTS keep-alive connections open (one
+#     GET each, then idle; measured IDLE_SETTLE seconds later), then after they close;
+#  5. streaming (the sidecar only): a 1 GiB upload and a 1 GiB download through it to
+#     an origin that streams (stream_origin.py), the sidecar's RSS sampled throughout.
 #
-# Needs wrk, nginx and haproxy (Debian packages; installed here if missing and root).
-# Everything listens on 127.0.0.1 and stops when the script exits.
+#   benches/proxy-overhead/run.sh [OUT_DIR]        (default: benches/results/<date>-<host>/proxy-overhead)
+#   ROUNDS=3 SECONDS_PER_RUN=5 RATE_SECONDS=30 RATES="1000 10000" benches/proxy-overhead/run.sh
+#   SECTIONS="saturated memory" benches/proxy-overhead/run.sh   (a subset)
+#
+# Needs wrk, h2load, nginx, haproxy, curl (Debian: wrk nghttp2-client nginx haproxy
+# curl; installed here if missing and root) and builds lameduck itself. Everything
+# listens on 127.0.0.1 and stops when the script exits.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 CONNECTIONS=${CONNECTIONS:-32}
-IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-1000}
-OUT=${1:-benches/results/$(date -u +%Y-%m-%d)-$(hostname -s)}
+RATES=${RATES:-1000 10000}
+RATE_SECONDS=${RATE_SECONDS:-30}
+H2_REQUESTS=${H2_REQUESTS:-100000}
+IDLE_COUNTS=${IDLE_COUNTS:-1000 10000}
+IDLE_SETTLE=${IDLE_SETTLE:-3}
+STREAM_BYTES=${STREAM_BYTES:-1073741824}
+SECTIONS=${SECTIONS:-saturated rate h2 memory streaming}
+OUT=${1:-benches/results/$(date -u +%Y-%m-%d)-$(hostname -s)/proxy-overhead}
 mkdir -p "$OUT/raw"
 OUT=$(cd "$OUT" && pwd)
 
 need=()
-for p in wrk nginx haproxy; do command -v "$p" >/dev/null || need+=("$p"); done
+declare -A PACKAGE=([wrk]=wrk [h2load]=nghttp2-client [nginx]=nginx [haproxy]=haproxy [curl]=curl)
+for p in "${!PACKAGE[@]}"; do command -v "$p" >/dev/null || need+=("${PACKAGE[$p]}"); done
 if ((${#need[@]})); then
   [ "$(id -u)" = 0 ] || { echo "missing: ${need[*]} (apt-get install ${need[*]})" >&2; exit 1; }
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-ulimit -n "$(ulimit -Hn)"
+# 10 000 idle connections need more descriptors than the usual 20 000 hard limit
+# leaves haproxy (two per connection); root may raise it.
+ulimit -n 100000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+HAPROXY_MAXCONN=$((($(ulimit -n) - 200) / 2))
+((HAPROXY_MAXCONN > 30000)) && HAPROXY_MAXCONN=30000
+has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
-cargo build --release -q -p lameduck-sidecar -p demo-app
+cargo build --release -q -p lameduck-sidecar -p demo-app -p lameduck
 BIN=target/release
 WORK=$(mktemp -d)
 pids=()
@@ -39,17 +65,19 @@ cleanup() {
 trap cleanup EXIT
 
 APP=127.0.0.1:18180 SIDECAR=127.0.0.1:18181 ADMIN=127.0.0.1:18191 NGINX=127.0.0.1:18182 HAPROXY=127.0.0.1:18183
+NGINX_H2=127.0.0.1:18184 HAPROXY_H2=127.0.0.1:18186 ORIGIN=127.0.0.1:18185 STREAM_SIDECAR=127.0.0.1:18187 STREAM_ADMIN=127.0.0.1:18192
 
-"$BIN/demo-app" --listen "$APP" --startup-delay 0s 2>"$WORK/app.log" & pids+=($!)
-TOKIO_WORKER_THREADS=1 LAMEDUCK_WORKERS=1 LAMEDUCK_LOG=warn "$BIN/lameduck-sidecar" --listen "$SIDECAR" --admin "$ADMIN" \
+"$BIN/demo-app" --listen "$APP" --startup-delay 0s 2>"$WORK/app.log" & pids+=($!); APP_PID=$!
+LAMEDUCK_WORKERS=1 LAMEDUCK_LOG=warn "$BIN/lameduck-sidecar" --listen "$SIDECAR" --admin "$ADMIN" \
   --upstream "$APP" 2>"$WORK/sidecar.log" & pids+=($!); SIDECAR_PID=$!
 
 cat >"$WORK/nginx.conf" <<CONF
 worker_processes 1;
+worker_rlimit_nofile 40000;
 daemon off;
 pid $WORK/nginx.pid;
 error_log $WORK/nginx-error.log warn;
-events { worker_connections 8192; }
+events { worker_connections 30000; }
 http {
   access_log off;
   client_body_temp_path $WORK/nginx-body;
@@ -57,6 +85,7 @@ http {
   upstream app { server $APP max_fails=0; keepalive 64; keepalive_timeout 60s; }
   server {
     listen $NGINX;
+    listen $NGINX_H2 http2;
     keepalive_requests 1000000;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
@@ -67,7 +96,7 @@ nginx -c "$WORK/nginx.conf" & pids+=($!); NGINX_PID=$!
 cat >"$WORK/haproxy.cfg" <<CONF
 global
   nbthread 1
-  maxconn 4096
+  maxconn $HAPROXY_MAXCONN
 defaults
   mode http
   timeout connect 1s
@@ -76,6 +105,7 @@ defaults
   http-reuse always
 frontend serving
   bind $HAPROXY
+  bind $HAPROXY_H2 proto h2
   default_backend app
 backend app
   server app $APP
@@ -86,85 +116,154 @@ for target in $APP $SIDECAR $NGINX $HAPROXY; do
   for _ in $(seq 100); do curl -fsS -o /dev/null "http://$target/" 2>/dev/null && break; sleep 0.05; done
 done
 
-rss_kib() { # total RSS of a process and its children, KiB
-  local total=0 pid
-  for pid in "$@" $(pgrep -P "$(echo "$@" | tr ' ' ,)" 2>/dev/null || true); do
-    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)))
-  done
+rss_kib() { # summed over the given processes
+  local pid total=0
+  for pid in "$@"; do total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0))); done
   echo "$total"
 }
+cpu_ticks() { # user + system, summed over the given processes
+  local pid total=0
+  for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
 
 declare -A TARGETS=([direct]=$APP [sidecar]=$SIDECAR [nginx]=$NGINX [haproxy]=$HAPROXY)
+declare -A H2_TARGETS=([sidecar]=$SIDECAR [nginx]=$NGINX_H2 [haproxy]=$HAPROXY_H2)
+# nginx: its master and its one worker.
+declare -A PIDS=([direct]=$APP_PID [sidecar]=$SIDECAR_PID [nginx]="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')" [haproxy]=$HAPROXY_PID)
 ORDER=(direct sidecar nginx haproxy)
+rotated() { # round, names...: the names rotated by the round, so no target always goes first
+  local r=$1; shift; local n=$#; local a=("$@") i
+  for ((i = 0; i < n; i++)); do echo "${a[$(((i + r) % n))]}"; done
+}
 {
   echo "# $(date -u +%FT%TZ) $(uname -srm), $(nproc) cores"
-  echo "# rounds=$ROUNDS seconds=$SECONDS_PER_RUN connections=$CONNECTIONS; one worker per proxy"
-  echo "# rustc: $(rustc --version); $(nginx -v 2>&1); $(haproxy -v | head -1); wrk $(dpkg-query -W -f '${Version}' wrk)"
+  echo "# rounds=$ROUNDS seconds=$SECONDS_PER_RUN connections=$CONNECTIONS rates=$RATES rate_seconds=$RATE_SECONDS h2_requests=$H2_REQUESTS idle=$IDLE_COUNTS; one worker per proxy"
+  echo "# rustc: $(rustc --version); $(nginx -v 2>&1); $(haproxy -v | head -1); wrk $(dpkg-query -W -f '${Version}' wrk); $(h2load --version | head -1)"
+  echo "# lameduck-sidecar $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sidecar || echo '+changes')"
 } >"$OUT/README.SETUP"
 
-echo "round,target,mode,requests_per_second,p50_us,p99_us" >"$OUT/raw.csv"
+# 1. Saturated and sequential.
 to_us() { # wrk latency like 1.23ms / 456.00us / 1.01s -> microseconds
   awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'
 }
-measure() { # round target mode connections
-  local file="$OUT/raw/$1-$2-$3.txt"
-  wrk -t1 -c"$4" -d"${SECONDS_PER_RUN}s" --latency -s benches/proxy-overhead/post.lua "http://${TARGETS[$2]}/" >"$file"
-  local rps p50 p99
-  rps=$(awk '/^Requests\/sec/ {print $2}' "$file")
-  p50=$(to_us "$(awk '$1=="50%" {print $2}' "$file")")
-  p99=$(to_us "$(awk '$1=="99%" {print $2}' "$file")")
-  echo "$1,$2,$3,$rps,$p50,$p99" >>"$OUT/raw.csv"
-}
-for round in $(seq "$ROUNDS"); do
-  for t in "${ORDER[@]}"; do measure "$round" "$t" saturated "$CONNECTIONS"; done
-  for t in "${ORDER[@]}"; do measure "$round" "$t" sequential 1; done
-done
+if has saturated; then
+  echo "round,target,mode,requests_per_second,p50_us,p99_us" >"$OUT/saturated.csv"
+  measure() { # round target mode connections
+    local file="$OUT/raw/$1-$2-$3.txt"
+    wrk -t1 -c"$4" -d"${SECONDS_PER_RUN}s" --latency -s benches/proxy-overhead/post.lua "http://${TARGETS[$2]}/" >"$file"
+    local rps p50 p99
+    rps=$(awk '/^Requests\/sec/ {print $2}' "$file")
+    p50=$(to_us "$(awk '$1=="50%" {print $2}' "$file")")
+    p99=$(to_us "$(awk '$1=="99%" {print $2}' "$file")")
+    echo "$1,$2,$3,$rps,$p50,$p99" >>"$OUT/saturated.csv"
+  }
+  for round in $(seq "$ROUNDS"); do
+    for t in $(rotated "$round" "${ORDER[@]}"); do measure "$round" "$t" saturated "$CONNECTIONS"; done
+    for t in $(rotated "$round" "${ORDER[@]}"); do measure "$round" "$t" sequential 1; done
+  done
+fi
 
-# Memory: idle, then with IDLE_CONNECTIONS keep-alive connections open on each proxy.
-echo "target,rss_idle_kib,rss_with_${IDLE_CONNECTIONS}_connections_kib" >"$OUT/memory.csv"
-idle_sidecar=$(rss_kib "$SIDECAR_PID"); idle_nginx=$(rss_kib "$NGINX_PID"); idle_haproxy=$(rss_kib "$HAPROXY_PID")
-python3 - "$IDLE_CONNECTIONS" "$SIDECAR" "$NGINX" "$HAPROXY" <<'PY' &
+# 2. Fixed rate: latency and CPU per second of load.
+if has rate; then
+  echo "round,target,rate,achieved,failed,p50_ms,p99_ms,p999_ms,cpu_per_second" >"$OUT/rate.csv"
+  for rate in $RATES; do
+    for round in $(seq "$ROUNDS"); do
+      for t in $(rotated "$round" "${ORDER[@]}"); do
+        summary="$OUT/raw/rate-$rate-$round-$t.json"
+        before=$(cpu_ticks ${PIDS[$t]}); start=$(date +%s.%N)
+        "$BIN/lameduck" load --url "http://${TARGETS[$t]}/" --rate "$rate" --duration "${RATE_SECONDS}s" \
+          --body lameduck-bench --quiet --allow-failures 1000000 --json-summary "$summary" >/dev/null
+        after=$(cpu_ticks ${PIDS[$t]}); end=$(date +%s.%N)
+        python3 - "$summary" "$round" "$t" "$rate" "$((after - before))" "$HZ" "$start" "$end" >>"$OUT/rate.csv" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+round_, target, rate, ticks, hz, start, end = sys.argv[2:]
+l = s["latency_from_sent"]
+cpu = int(ticks) / int(hz) / (float(end) - float(start))
+print(f"{round_},{target},{rate},{s['achieved_rate']:.0f},{s['failed']},{l['p50_ms']},{l['p99_ms']},{l['p999_ms']},{cpu:.4f}")
+PY
+      done
+    done
+  done
+fi
+
+# 3. HTTP/2, h2c prior knowledge.
+if has h2; then
+  printf 'lameduck-bench' >"$WORK/body"
+  echo "round,target,requests_per_second,succeeded,failed" >"$OUT/h2.csv"
+  for round in $(seq "$ROUNDS"); do
+    for t in $(rotated "$round" sidecar nginx haproxy); do
+      file="$OUT/raw/h2-$round-$t.txt"
+      h2load -n "$H2_REQUESTS" -c 10 -m 10 -d "$WORK/body" "http://${H2_TARGETS[$t]}/" >"$file" 2>&1 || true
+      rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' "$file")
+      ok=$(awk '/^requests:/ {print $8}' "$file"); failed=$(awk '/^requests:/ {print $10}' "$file")
+      echo "$round,$t,${rps:-0},${ok:-0},${failed:-0}" >>"$OUT/h2.csv"
+    done
+  done
+fi
+
+# 4. Memory with idle keep-alive connections.
+if has memory; then
+  echo "target,connections,rss_idle_kib,rss_open_kib,rss_closed_kib,kib_per_connection" >"$OUT/memory.csv"
+  for t in sidecar nginx haproxy; do
+    python3 - "${TARGETS[$t]}" "${PIDS[$t]}" "$t" "$IDLE_SETTLE" $IDLE_COUNTS >>"$OUT/memory.csv" <<'PY'
 import socket, sys, time
-count, targets = int(sys.argv[1]), sys.argv[2:]
+target, pids, name, settle = sys.argv[1], sys.argv[2].split(), sys.argv[3], float(sys.argv[4])
+counts = [int(c) for c in sys.argv[5:]]
+host, port = target.rsplit(":", 1)
+def rss():
+    total = 0
+    for pid in pids:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS"):
+                total += int(line.split()[1])
+    return total
+time.sleep(settle)  # what earlier sections left behind may still be going back
+idle = rss()
 held = []
-for target in targets:
-    host, port = target.rsplit(":", 1)
-    for _ in range(count):
+for count in counts:
+    while len(held) < count:
         s = socket.create_connection((host, int(port)))
         s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
         s.recv(4096)
         held.append(s)
-print("open", flush=True)
-time.sleep(8)
+    time.sleep(settle)
+    opened = rss()
+    print(f"{name},{count},{idle},{opened},,{(opened - idle) / count:.2f}", flush=True)
+for s in held:
+    s.close()
+time.sleep(settle)
+print(f"{name},closed,{idle},,{rss()},")
 PY
-HOLDER=$!
-sleep 6
-busy_sidecar=$(rss_kib "$SIDECAR_PID"); busy_nginx=$(rss_kib "$NGINX_PID"); busy_haproxy=$(rss_kib "$HAPROXY_PID")
-wait "$HOLDER" || true
-echo "sidecar,$idle_sidecar,$busy_sidecar" >>"$OUT/memory.csv"
-echo "nginx,$idle_nginx,$busy_nginx" >>"$OUT/memory.csv"
-echo "haproxy,$idle_haproxy,$busy_haproxy" >>"$OUT/memory.csv"
+  done
+fi
 
-python3 - "$OUT" <<'PY'
-import csv, statistics, sys, os
-out = sys.argv[1]
-rows = list(csv.DictReader(open(os.path.join(out, "raw.csv"))))
-def med(target, mode, key):
-    return statistics.median(float(r[key]) for r in rows if r["target"] == target and r["mode"] == mode)
-lines = ["# Proxy overhead (medians over rounds; ratios are within this run)", ""]
-lines.append("| target | req/s saturated | vs direct | vs nginx | p50 µs seq | p99 µs seq | added p50 µs | added p99 µs |")
-lines.append("|---|---|---|---|---|---|---|---|")
-for t in ["direct", "sidecar", "nginx", "haproxy"]:
-    rps = med(t, "saturated", "requests_per_second")
-    p50, p99 = med(t, "sequential", "p50_us"), med(t, "sequential", "p99_us")
-    lines.append("| %s | %.0f | %.2f | %.2f | %.0f | %.0f | %.0f | %.0f |" % (
-        t, rps, rps / med("direct", "saturated", "requests_per_second"),
-        rps / med("nginx", "saturated", "requests_per_second"),
-        p50, p99, p50 - med("direct", "sequential", "p50_us"), p99 - med("direct", "sequential", "p99_us")))
-lines += ["", "| proxy | RSS idle KiB | RSS with open connections KiB |", "|---|---|---|"]
-for r in csv.reader(open(os.path.join(out, "memory.csv"))):
-    if r[0] != "target":
-        lines.append("| %s | %s | %s |" % tuple(r))
-open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")
-print("\n".join(lines))
-PY
+# 5. Streaming through the sidecar: RSS must stay flat.
+if has streaming; then
+  python3 benches/proxy-overhead/stream_origin.py "$ORIGIN" & pids+=($!)
+  LAMEDUCK_WORKERS=1 LAMEDUCK_LOG=warn "$BIN/lameduck-sidecar" --listen "$STREAM_SIDECAR" --admin "$STREAM_ADMIN" \
+    --upstream "$ORIGIN" 2>"$WORK/stream-sidecar.log" & pids+=($!); STREAM_PID=$!
+  for _ in $(seq 100); do curl -fsS -o /dev/null "http://$STREAM_ADMIN/ready" 2>/dev/null && break; sleep 0.1; done
+  truncate -s "$STREAM_BYTES" "$WORK/upload"
+  echo "direction,bytes,seconds,rss_before_kib,rss_max_kib,rss_after_kib" >"$OUT/streaming.csv"
+  for direction in upload download; do
+    before=$(rss_kib "$STREAM_PID"); start=$(date +%s.%N)
+    if [ "$direction" = upload ]; then
+      curl -fsS -X POST -T "$WORK/upload" -o "$WORK/answer" "http://$STREAM_SIDECAR/upload" &
+    else
+      curl -fsS -o /dev/null -w '%{size_download}\n' "http://$STREAM_SIDECAR/bytes/$STREAM_BYTES" >"$WORK/answer" &
+    fi
+    transfer=$!; max=$before
+    while kill -0 "$transfer" 2>/dev/null; do
+      now=$(rss_kib "$STREAM_PID"); ((now > max)) && max=$now; sleep 0.05
+    done
+    wait "$transfer"
+    end=$(date +%s.%N); sleep 1
+    bytes=$(tr -d '\n' <"$WORK/answer")
+    echo "$direction,$bytes,$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b - a}'),$before,$max,$(rss_kib "$STREAM_PID")" >>"$OUT/streaming.csv"
+  done
+fi
+
+python3 benches/proxy-overhead/summary.py "$OUT" | tee "$OUT/summary.md"

@@ -6,7 +6,9 @@
 //!   no common linter checks;
 //! - `max-unavailable`: a rollout must keep at least one ready pod;
 //! - `service-protocol`: a Service port that names a protocol must reach a pod port
-//!   that serves it ([`protocol`]).
+//!   that serves it ([`protocol`]);
+//! - `sidecar-memory`: the sidecar's memory limit must hold the connections and
+//!   requests the pod expects (`crate::memory`).
 //!
 //! Every kind with a pod template is linted (Jobs and CronJobs too, as `inject`
 //! injects them); the rollout rule applies to Deployments.
@@ -16,12 +18,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::inject::SIDECAR_NAME;
+use crate::memory;
 
 mod protocol;
 use crate::workload::{self, RollingUpdate, Strategy};
 
 /// The rules, with what each finds.
-pub const RULES: [(&str, &str); 5] = [
+pub const RULES: [(&str, &str); 6] = [
     ("readiness-probe", "a serving pod has no readiness probe"),
     ("pre-stop", "a serving container has no preStop hook"),
     (
@@ -32,6 +35,10 @@ pub const RULES: [(&str, &str); 5] = [
     (
         "service-protocol",
         "a Service port names a protocol the pod port does not serve",
+    ),
+    (
+        "sidecar-memory",
+        "the sidecar's memory limit cannot hold the connections and requests the pod expects",
     ),
 ];
 
@@ -159,6 +166,10 @@ fn check_object(object: &Value, drain_seconds: u64, finding: &mut Report<'_>) {
         }
     }
     check_grace(&pod, drain_seconds, finding);
+    if let Some(sidecar) = pod.sidecar {
+        let annotations = object.pointer(&format!("{}/annotations", paths.metadata));
+        check_sidecar_memory(sidecar, annotations, finding);
+    }
     if kind == "Deployment" {
         check_rollout(object, finding);
     }
@@ -195,6 +206,54 @@ fn check_grace(pod: &Pod<'_>, drain_seconds: u64, finding: &mut Report<'_>) {
             "grace-period",
             format!(
                 "terminationGracePeriodSeconds {grace} < {what} {pre_stop} + drain {drain} + margin {MARGIN_SECONDS} = {needed}: requests are killed at the end of the grace period"
+            ),
+        );
+    }
+}
+
+/// The sidecar's memory limit against the estimate for the pod's expected traffic
+/// (its annotations, or the defaults the injected limit is sized for).
+fn check_sidecar_memory(sidecar: &Value, annotations: Option<&Value>, finding: &mut Report<'_>) {
+    let Some(limit_text) = sidecar
+        .pointer("/resources/limits/memory")
+        .and_then(Value::as_str)
+    else {
+        return; // no limit: nothing to outgrow
+    };
+    let expected = |key: &str, default: u64| {
+        annotations
+            .and_then(|a| a.get(key))
+            .and_then(Value::as_str)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    let connections = expected(
+        memory::ANNOTATION_EXPECTED_CONNECTIONS,
+        memory::DEFAULT_EXPECTED_CONNECTIONS,
+    );
+    let in_flight = expected(
+        memory::ANNOTATION_EXPECTED_IN_FLIGHT,
+        memory::DEFAULT_EXPECTED_IN_FLIGHT,
+    );
+    let needed_kib = memory::estimate_kib(connections, in_flight);
+    let Some(limit) = memory::quantity_bytes(limit_text) else {
+        finding(
+            "sidecar-memory",
+            format!("the sidecar's memory limit {limit_text:?} is not a quantity"),
+        );
+        return;
+    };
+    if limit / 1024 < needed_kib {
+        finding(
+            "sidecar-memory",
+            format!(
+                "the sidecar's memory limit {limit_text} cannot hold {connections} idle connections and {in_flight} requests in flight (about {}Mi: {}Mi idle + {} KiB per connection + {} KiB per request); raise it, or set the pod annotations {} and {} to the traffic this pod sees",
+                needed_kib.div_ceil(1024),
+                memory::BASE_KIB / 1024,
+                memory::KIB_PER_CONNECTION,
+                memory::KIB_PER_IN_FLIGHT,
+                memory::ANNOTATION_EXPECTED_CONNECTIONS,
+                memory::ANNOTATION_EXPECTED_IN_FLIGHT,
             ),
         );
     }
@@ -295,5 +354,33 @@ mod tests {
     fn a_single_replica_that_may_go_unavailable_is_found() {
         let yaml = "kind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 1\n  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}\n  template:\n    spec:\n      terminationGracePeriodSeconds: 60\n      containers:\n      - name: a\n        ports: [{containerPort: 80}]\n        readinessProbe: {tcpSocket: {port: 80}}\n        lifecycle: {preStop: {sleep: {seconds: 5}}}\n";
         assert_eq!(rules(yaml), ["max-unavailable"]);
+    }
+
+    #[test]
+    fn a_sidecar_memory_limit_below_the_expected_traffic_is_found() {
+        let pod = |annotations: &str, limit: &str| {
+            format!(
+                "kind: Deployment\nmetadata: {{name: d}}\nspec:\n  template:\n    metadata: {{annotations: {{{annotations}}}}}\n    spec:\n      terminationGracePeriodSeconds: 60\n      initContainers:\n      - name: lameduck-sidecar\n        restartPolicy: Always\n        readinessProbe: {{httpGet: {{port: 19901, path: /ready}}}}\n        resources: {{limits: {{memory: {limit}}}}}\n      containers:\n      - name: a\n        ports: [{{containerPort: 80}}]\n        lifecycle: {{preStop: {{sleep: {{seconds: 5}}}}}}\n"
+            )
+        };
+        // The injector's old default: 64 MiB holds nowhere near 10 000 connections
+        // and 2 000 requests in flight.
+        let old = check(&parse_stream("t", &pod("", "64Mi")).expect("valid"), 10);
+        assert_eq!(old.len(), 1, "{old:?}");
+        assert_eq!(old[0].rule, "sidecar-memory");
+        assert!(
+            old[0].message.contains(
+                "64Mi cannot hold 10000 idle connections and 2000 requests in flight (about 124Mi"
+            ),
+            "{}",
+            old[0].message
+        );
+        assert!(rules(&pod("", crate::inject::DEFAULT_MEMORY_LIMIT)).is_empty());
+        // A pod that says it sees less traffic fits in less.
+        let small =
+            "'lameduck.dev/expected-connections': '500', 'lameduck.dev/expected-in-flight': '100'";
+        assert!(rules(&pod(small, "64Mi")).is_empty());
+        assert_eq!(rules(&pod(small, "12Mi")), ["sidecar-memory"]);
+        assert_eq!(rules(&pod("", "lots")), ["sidecar-memory"]);
     }
 }

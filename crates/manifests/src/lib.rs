@@ -12,6 +12,7 @@
 
 pub mod check;
 pub mod inject;
+pub mod memory;
 pub mod stream;
 pub mod workload;
 

@@ -67,10 +67,12 @@ pub const DEFAULT_ADMIN_PORT: u16 = 19901;
 
 /// Default CPU request of the sidecar container.
 pub const DEFAULT_CPU_REQUEST: &str = "10m";
-/// Default memory request of the sidecar container.
+/// Default memory request of the sidecar container: an idle sidecar (about 8 MiB,
+/// `crate::memory`) with a few hundred connections.
 pub const DEFAULT_MEMORY_REQUEST: &str = "16Mi";
-/// Default memory limit of the sidecar container.
-pub const DEFAULT_MEMORY_LIMIT: &str = "64Mi";
+/// Default memory limit of the sidecar container: twice the estimate for 10 000 idle
+/// connections and 2 000 requests in flight (`crate::memory`, about 123 MiB).
+pub const DEFAULT_MEMORY_LIMIT: &str = "256Mi";
 
 /// The sidecar container's resources (Kubernetes quantities; `None`: not set).
 #[derive(Debug, Clone, PartialEq, Eq)]
