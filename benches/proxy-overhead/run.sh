@@ -12,7 +12,9 @@
 #     process's CPU seconds per second of load (its own, not the client's);
 #  3. HTTP/2 (h2c prior knowledge): h2load, 10 connections x 10 streams, req/s;
 #  4. memory: RSS idle, then with each of IDLE_COUNTS keep-alive connections open (one
-#     GET each, then idle; measured IDLE_SETTLE seconds later), then after they close;
+#     GET each, then idle; measured IDLE_SETTLE seconds later), then IN_FLIGHT requests
+#     in flight on top (`?wait=6`, its peak RSS and how many got 200), then after all
+#     closed;
 #  5. streaming (the sidecar only): a 1 GiB upload and a 1 GiB download through it to
 #     an origin that streams (stream_origin.py), the sidecar's RSS sampled throughout.
 #
@@ -33,6 +35,7 @@ RATE_SECONDS=${RATE_SECONDS:-30}
 H2_REQUESTS=${H2_REQUESTS:-100000}
 IDLE_COUNTS=${IDLE_COUNTS:-1000 10000}
 IDLE_SETTLE=${IDLE_SETTLE:-3}
+IN_FLIGHT=${IN_FLIGHT:-2000}
 STREAM_BYTES=${STREAM_BYTES:-1073741824}
 SECTIONS=${SECTIONS:-saturated rate h2 memory streaming}
 OUT=${1:-benches/results/$(date -u +%Y-%m-%d)-$(hostname -s)/proxy-overhead}
@@ -204,14 +207,16 @@ if has h2; then
   done
 fi
 
-# 4. Memory with idle keep-alive connections.
+# 4. Memory with idle keep-alive connections, then IN_FLIGHT requests in flight on top.
 if has memory; then
   echo "target,connections,rss_idle_kib,rss_open_kib,rss_closed_kib,kib_per_connection" >"$OUT/memory.csv"
+  echo "target,idle_connections,in_flight,rss_before_kib,rss_peak_kib,kib_per_request,answered_200" >"$OUT/in-flight.csv"
   for t in sidecar nginx haproxy; do
-    python3 - "${TARGETS[$t]}" "${PIDS[$t]}" "$t" "$IDLE_SETTLE" $IDLE_COUNTS >>"$OUT/memory.csv" <<'PY'
+    python3 - "${TARGETS[$t]}" "${PIDS[$t]}" "$t" "$IDLE_SETTLE" "$IN_FLIGHT" "$OUT/in-flight.csv" $IDLE_COUNTS >>"$OUT/memory.csv" <<'PY'
 import socket, sys, time
 target, pids, name, settle = sys.argv[1], sys.argv[2].split(), sys.argv[3], float(sys.argv[4])
-counts = [int(c) for c in sys.argv[5:]]
+in_flight, in_flight_csv = int(sys.argv[5]), sys.argv[6]
+counts = [int(c) for c in sys.argv[7:]]
 host, port = target.rsplit(":", 1)
 def rss():
     total = 0
@@ -220,18 +225,46 @@ def rss():
             if line.startswith("VmRSS"):
                 total += int(line.split()[1])
     return total
+def connect(request):
+    s = socket.create_connection((host, int(port)), timeout=5)
+    s.sendall(request)
+    return s
 time.sleep(settle)  # what earlier sections left behind may still be going back
 idle = rss()
 held = []
 for count in counts:
-    while len(held) < count:
-        s = socket.create_connection((host, int(port)))
-        s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-        s.recv(4096)
-        held.append(s)
+    try:
+        while len(held) < count:
+            s = connect(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            s.recv(4096)
+            held.append(s)
+    except OSError as error:  # a proxy at its connection limit
+        print(f"{name},refused at {len(held)}: {error},{idle},,,")
+        break
     time.sleep(settle)
     opened = rss()
     print(f"{name},{count},{idle},{opened},,{(opened - idle) / count:.2f}", flush=True)
+before = rss()
+busy = []
+try:
+    for _ in range(in_flight):
+        busy.append(connect(b"POST /?wait=6 HTTP/1.1\r\nHost: bench\r\nContent-Length: 14\r\n\r\nlameduck-bench"))
+except OSError:
+    pass
+peak = before
+for _ in range(8):
+    time.sleep(0.5)
+    peak = max(peak, rss())
+answered = 0
+for s in busy:
+    s.settimeout(15)
+    try:
+        answered += s.recv(4096).startswith(b"HTTP/1.1 200")
+    except OSError:
+        pass
+    s.close()
+with open(in_flight_csv, "a") as out:
+    out.write(f"{name},{len(held)},{len(busy)},{before},{peak},{(peak - before) / max(len(busy), 1):.1f},{answered}\n")
 for s in held:
     s.close()
 time.sleep(settle)

@@ -74,6 +74,15 @@ if memory:
                 lines.append(f"| {t} | {r['connections']} | {r['rss_idle_kib']} | {r['rss_open_kib']} | "
                              f"{r['kib_per_connection']} | {closed} |")
 
+in_flight = rows("in-flight.csv")
+if in_flight:
+    lines += ["", "## Requests in flight on top of the idle connections (KiB)", "",
+              "| target | idle connections | in flight | RSS before | RSS peak | KiB per request | answered 200 |",
+              "|---|---|---|---|---|---|---|"]
+    for r in in_flight:
+        lines.append(f"| {r['target']} | {r['idle_connections']} | {r['in_flight']} | {r['rss_before_kib']} | "
+                     f"{r['rss_peak_kib']} | {r['kib_per_request']} | {r['answered_200']} |")
+
 streaming = rows("streaming.csv")
 if streaming:
     lines += ["", "## Streaming through the sidecar (KiB)", "",
