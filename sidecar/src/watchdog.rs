@@ -248,4 +248,44 @@ mod tests {
             Some(Deadline::Idle(_))
         ));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_connection_with_nothing_half_done_is_parked() {
+        const PARK: Option<Duration> = Some(Duration::from_millis(200));
+        let state = ConnState::new();
+        state.request_started();
+        state.request_body_opened();
+        state.request_done();
+        let done = Instant::now();
+        assert_eq!(
+            state.next_deadline(HEADER, IDLE, PARK),
+            Some(Deadline::Idle(done + IDLE)),
+            "a request body not yet read to its end"
+        );
+        state.request_body_closed(true);
+        assert_eq!(
+            state.next_deadline(HEADER, IDLE, PARK),
+            Some(Deadline::Park(done + Duration::from_millis(200)))
+        );
+        state.on_write(true);
+        assert!(!state.parkable(), "bytes hyper could not write yet");
+        state.on_write(false);
+        assert!(state.parkable());
+        state.on_read();
+        assert!(!state.parkable(), "a next head has started");
+
+        let abandoned = ConnState::new();
+        abandoned.request_started();
+        abandoned.request_body_opened();
+        abandoned.request_body_closed(false);
+        abandoned.request_done();
+        assert!(
+            !abandoned.parkable(),
+            "hyper may still be discarding the rest of a dropped body"
+        );
+        assert!(matches!(
+            abandoned.next_deadline(HEADER, IDLE, PARK),
+            Some(Deadline::Idle(_))
+        ));
+    }
 }
