@@ -4,7 +4,8 @@
 # side in interleaved rounds of one run (the machine is shared and noisy: compare
 # ratios within a run, not absolute numbers across runs).
 #
-# Sections, each in ROUNDS interleaved rounds (the target order rotates per round):
+# Sections (4 runs first, on fresh processes), the timed ones in ROUNDS interleaved
+# rounds with the target order rotating per round:
 #  1. saturated keep-alive POST req/s (wrk, one thread, CONNECTIONS) and p50/p99 at
 #     one sequential connection;
 #  2. fixed-rate latency, open model: `lameduck load` at each of RATES for
@@ -147,67 +148,9 @@ rotated() { # round, names...: the names rotated by the round, so no target alwa
   echo "# lameduck-sidecar $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sidecar || echo '+changes')"
 } >"$OUT/README.SETUP"
 
-# 1. Saturated and sequential.
-to_us() { # wrk latency like 1.23ms / 456.00us / 1.01s -> microseconds
-  awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'
-}
-if has saturated; then
-  echo "round,target,mode,requests_per_second,p50_us,p99_us" >"$OUT/saturated.csv"
-  measure() { # round target mode connections
-    local file="$OUT/raw/$1-$2-$3.txt"
-    wrk -t1 -c"$4" -d"${SECONDS_PER_RUN}s" --latency -s benches/proxy-overhead/post.lua "http://${TARGETS[$2]}/" >"$file"
-    local rps p50 p99
-    rps=$(awk '/^Requests\/sec/ {print $2}' "$file")
-    p50=$(to_us "$(awk '$1=="50%" {print $2}' "$file")")
-    p99=$(to_us "$(awk '$1=="99%" {print $2}' "$file")")
-    echo "$1,$2,$3,$rps,$p50,$p99" >>"$OUT/saturated.csv"
-  }
-  for round in $(seq "$ROUNDS"); do
-    for t in $(rotated "$round" "${ORDER[@]}"); do measure "$round" "$t" saturated "$CONNECTIONS"; done
-    for t in $(rotated "$round" "${ORDER[@]}"); do measure "$round" "$t" sequential 1; done
-  done
-fi
-
-# 2. Fixed rate: latency and CPU per second of load.
-if has rate; then
-  echo "round,target,rate,achieved,failed,p50_ms,p99_ms,p999_ms,cpu_per_second" >"$OUT/rate.csv"
-  for rate in $RATES; do
-    for round in $(seq "$ROUNDS"); do
-      for t in $(rotated "$round" "${ORDER[@]}"); do
-        summary="$OUT/raw/rate-$rate-$round-$t.json"
-        before=$(cpu_ticks ${PIDS[$t]}); start=$(date +%s.%N)
-        "$BIN/lameduck" load --url "http://${TARGETS[$t]}/" --rate "$rate" --duration "${RATE_SECONDS}s" \
-          --body lameduck-bench --quiet --allow-failures 1000000 --json-summary "$summary" >/dev/null
-        after=$(cpu_ticks ${PIDS[$t]}); end=$(date +%s.%N)
-        python3 - "$summary" "$round" "$t" "$rate" "$((after - before))" "$HZ" "$start" "$end" >>"$OUT/rate.csv" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-round_, target, rate, ticks, hz, start, end = sys.argv[2:]
-l = s["latency_from_sent"]
-cpu = int(ticks) / int(hz) / (float(end) - float(start))
-print(f"{round_},{target},{rate},{s['achieved_rate']:.0f},{s['failed']},{l['p50_ms']},{l['p99_ms']},{l['p999_ms']},{cpu:.4f}")
-PY
-      done
-    done
-  done
-fi
-
-# 3. HTTP/2, h2c prior knowledge.
-if has h2; then
-  printf 'lameduck-bench' >"$WORK/body"
-  echo "round,target,requests_per_second,succeeded,failed" >"$OUT/h2.csv"
-  for round in $(seq "$ROUNDS"); do
-    for t in $(rotated "$round" sidecar nginx haproxy); do
-      file="$OUT/raw/h2-$round-$t.txt"
-      h2load -n "$H2_REQUESTS" -c 10 -m 10 -d "$WORK/body" "http://${H2_TARGETS[$t]}/" >"$file" 2>&1 || true
-      rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' "$file")
-      ok=$(awk '/^requests:/ {print $8}' "$file"); failed=$(awk '/^requests:/ {print $10}' "$file")
-      echo "$round,$t,${rps:-0},${ok:-0},${failed:-0}" >>"$OUT/h2.csv"
-    done
-  done
-fi
-
-# 4. Memory with idle keep-alive connections, then IN_FLIGHT requests in flight on top.
+# 4. Memory (run first, on fresh processes: what later load leaves behind would blur
+# the per-connection figures): idle keep-alive connections, then IN_FLIGHT requests in
+# flight on top.
 if has memory; then
   echo "target,connections,rss_idle_kib,rss_open_kib,rss_closed_kib,kib_per_connection" >"$OUT/memory.csv"
   echo "target,idle_connections,in_flight,rss_before_kib,rss_peak_kib,kib_per_request,answered_200" >"$OUT/in-flight.csv"
@@ -270,6 +213,66 @@ for s in held:
 time.sleep(settle)
 print(f"{name},closed,{idle},,{rss()},")
 PY
+  done
+fi
+
+# 1. Saturated and sequential.
+to_us() { # wrk latency like 1.23ms / 456.00us / 1.01s -> microseconds
+  awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'
+}
+if has saturated; then
+  echo "round,target,mode,requests_per_second,p50_us,p99_us" >"$OUT/saturated.csv"
+  measure() { # round target mode connections
+    local file="$OUT/raw/$1-$2-$3.txt"
+    wrk -t1 -c"$4" -d"${SECONDS_PER_RUN}s" --latency -s benches/proxy-overhead/post.lua "http://${TARGETS[$2]}/" >"$file"
+    local rps p50 p99
+    rps=$(awk '/^Requests\/sec/ {print $2}' "$file")
+    p50=$(to_us "$(awk '$1=="50%" {print $2}' "$file")")
+    p99=$(to_us "$(awk '$1=="99%" {print $2}' "$file")")
+    echo "$1,$2,$3,$rps,$p50,$p99" >>"$OUT/saturated.csv"
+  }
+  for round in $(seq "$ROUNDS"); do
+    for t in $(rotated "$round" "${ORDER[@]}"); do measure "$round" "$t" saturated "$CONNECTIONS"; done
+    for t in $(rotated "$round" "${ORDER[@]}"); do measure "$round" "$t" sequential 1; done
+  done
+fi
+
+# 2. Fixed rate: latency and CPU per second of load.
+if has rate; then
+  echo "round,target,rate,achieved,failed,p50_ms,p99_ms,p999_ms,cpu_per_second" >"$OUT/rate.csv"
+  for rate in $RATES; do
+    for round in $(seq "$ROUNDS"); do
+      for t in $(rotated "$round" "${ORDER[@]}"); do
+        summary="$OUT/raw/rate-$rate-$round-$t.json"
+        before=$(cpu_ticks ${PIDS[$t]}); start=$(date +%s.%N)
+        "$BIN/lameduck" load --url "http://${TARGETS[$t]}/" --rate "$rate" --duration "${RATE_SECONDS}s" \
+          --body lameduck-bench --quiet --allow-failures 1000000 --json-summary "$summary" >/dev/null
+        after=$(cpu_ticks ${PIDS[$t]}); end=$(date +%s.%N)
+        python3 - "$summary" "$round" "$t" "$rate" "$((after - before))" "$HZ" "$start" "$end" >>"$OUT/rate.csv" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+round_, target, rate, ticks, hz, start, end = sys.argv[2:]
+l = s["latency_from_sent"]
+cpu = int(ticks) / int(hz) / (float(end) - float(start))
+print(f"{round_},{target},{rate},{s['achieved_rate']:.0f},{s['failed']},{l['p50_ms']},{l['p99_ms']},{l['p999_ms']},{cpu:.4f}")
+PY
+      done
+    done
+  done
+fi
+
+# 3. HTTP/2, h2c prior knowledge.
+if has h2; then
+  printf 'lameduck-bench' >"$WORK/body"
+  echo "round,target,requests_per_second,succeeded,failed" >"$OUT/h2.csv"
+  for round in $(seq "$ROUNDS"); do
+    for t in $(rotated "$round" sidecar nginx haproxy); do
+      file="$OUT/raw/h2-$round-$t.txt"
+      h2load -n "$H2_REQUESTS" -c 10 -m 10 -d "$WORK/body" "http://${H2_TARGETS[$t]}/" >"$file" 2>&1 || true
+      rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' "$file")
+      ok=$(awk '/^requests:/ {print $8}' "$file"); failed=$(awk '/^requests:/ {print $10}' "$file")
+      echo "$round,$t,${rps:-0},${ok:-0},${failed:-0}" >>"$OUT/h2.csv"
+    done
   done
 fi
 
