@@ -27,14 +27,7 @@ ulimit -n "$(ulimit -Hn)"
 
 cargo build --release -q -p lameduck-sidecar -p demo-app
 BIN=$PWD/target/release
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source benches/lib/processes.sh
 
 APP=127.0.0.1:18280 SIDECAR=127.0.0.1:18281 ADMIN=127.0.0.1:18291
 "$BIN/demo-app" --listen "$APP" --startup-delay 0s 2>"$WORK/app.log" & pids+=($!)

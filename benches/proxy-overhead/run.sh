@@ -59,14 +59,7 @@ has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 cargo build --release -q -p lameduck-sidecar -p demo-app -p lameduck
 BIN=target/release
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source benches/lib/processes.sh
 
 APP=127.0.0.1:18180 SIDECAR=127.0.0.1:18181 ADMIN=127.0.0.1:18191 NGINX=127.0.0.1:18182 HAPROXY=127.0.0.1:18183
 NGINX_H2=127.0.0.1:18184 HAPROXY_H2=127.0.0.1:18186 ORIGIN=127.0.0.1:18185 STREAM_SIDECAR=127.0.0.1:18187 STREAM_ADMIN=127.0.0.1:18192

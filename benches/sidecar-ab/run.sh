@@ -23,14 +23,7 @@ mkdir -p "$OUT/raw"
 OUT=$(cd "$OUT" && pwd)
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p demo-app
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source benches/lib/processes.sh
 
 APP=127.0.0.1:18380
 declare -A LISTEN=([old]=127.0.0.1:18381 [new]=127.0.0.1:18382)
