@@ -10,7 +10,7 @@ DURATION ?= 30s
 OVERLAYS := plain readiness graceful-shutdown fixed
 KUSTOMIZE ?= $(shell command -v kubectl >/dev/null && echo "kubectl kustomize" || echo "kustomize build")
 
-.PHONY: help demo test test-system e2e e2e-up e2e-down lint load deploy show bench profile render chart
+.PHONY: help demo test test-system e2e e2e-up e2e-down lint load deploy show bench profile render chart soak
 
 chart: ## render the Helm chart (helm on PATH; LAMEDUCK_BLESS=1 on the chart tests rewrites the goldens)
 	helm template lameduck charts/lameduck --namespace lameduck-system --kube-version 1.34.0
@@ -35,6 +35,20 @@ e2e-up: ## bring the e2e node up (kubeconfig: e2e/.state/kubeconfig)
 
 e2e-down: ## stop the e2e node and remove everything it made
 	e2e/down
+
+SOAK_RUNS ?= 100
+soak: ## SOAK_RUNS (100) lab rollouts with the sidecar in a row, about 10 s each; fails unless every one lost nothing
+	cargo build --release
+	@mkdir -p target/soak; lost=0; requests=0; \
+	for i in $$(seq 1 $(SOAK_RUNS)); do \
+	  ./target/release/lameduck lab --scenario sidecar --json target/soak/run-$$i.json > target/soak/run-$$i.log 2>&1 \
+	    || { echo "run $$i: the lab failed, see target/soak/run-$$i.log"; exit 1; }; \
+	  failed=$$(grep -o '"failed": [0-9]*' target/soak/run-$$i.json | grep -o '[0-9]*$$'); \
+	  sent=$$(grep -o '"requests": [0-9]*' target/soak/run-$$i.json | grep -o '[0-9]*$$'); \
+	  lost=$$((lost + failed)); requests=$$((requests + sent)); \
+	  echo "run $$i: $$sent requests, $$failed lost"; \
+	done; \
+	echo "$(SOAK_RUNS) rollouts: $$requests requests, $$lost lost"; test $$lost -eq 0
 
 lint: ## formatting and clippy, as CI runs them
 	cargo fmt --all -- --check

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::lifecycle::{DrainOutcome, Lifecycle};
+use crate::log_limit::Limit;
 
 /// What the admin endpoints read.
 #[derive(Debug)]
@@ -38,6 +39,8 @@ pub(crate) struct Admin {
     pub(crate) lifecycle: Lifecycle,
     pub(crate) registry: Registry,
     pub(crate) drain_token: Option<String>,
+    /// `/ready` stays 200 during the shutdown delay.
+    pub(crate) ready_during_shutdown_delay: bool,
 }
 
 /// Serves the admin port until the process exits.
@@ -46,7 +49,10 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                warn!(%error, "admin accept failed");
+                static ACCEPT_FAILED: Limit = Limit::new();
+                if let Some(suppressed) = ACCEPT_FAILED.allow() {
+                    warn!(%error, suppressed, "admin accept failed");
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 continue;
             }
@@ -88,7 +94,7 @@ impl Admin {
         let method = request.method().clone();
         match (request.uri().path(), method) {
             (READY, Method::GET | Method::HEAD) => {
-                if self.lifecycle.ready() {
+                if self.lifecycle.ready(self.ready_during_shutdown_delay) {
                     text(StatusCode::OK, "ready\n".to_owned())
                 } else {
                     let phase = self.lifecycle.phase().as_str();
@@ -135,7 +141,10 @@ impl Admin {
 
     async fn drain(&self, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         if let Err(refusal) = self.authorize(request.headers(), peer) {
-            warn!(%peer, ?refusal, "refused an unauthorized drain request");
+            static REFUSED: Limit = Limit::new();
+            if let Some(suppressed) = REFUSED.allow() {
+                warn!(%peer, ?refusal, suppressed, "refused an unauthorized drain request");
+            }
             return refusal.response();
         }
         if self.lifecycle.trigger_drain(DRAIN) {
@@ -240,6 +249,7 @@ mod tests {
     fn admin(token: Option<&str>) -> Admin {
         Admin {
             lifecycle: Lifecycle::new(),
+            ready_during_shutdown_delay: true,
             registry: Registry::new(),
             drain_token: token.map(str::to_owned),
         }

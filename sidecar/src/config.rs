@@ -241,6 +241,10 @@ pub struct Args {
     /// After the drain starts, keep accepting this long while telling clients to go away.
     #[arg(long, env = env::SHUTDOWN_DELAY, default_value = defaults::SHUTDOWN_DELAY, value_parser = duration)]
     pub shutdown_delay: Duration,
+    /// Whether /ready stays 200 during the shutdown delay (`false`: 503 from the drain's
+    /// start, for load balancers that probe pods directly).
+    #[arg(long, env = env::READY_DURING_SHUTDOWN_DELAY, default_value_t = defaults::READY_DURING_SHUTDOWN_DELAY, action = clap::ArgAction::Set)]
+    pub ready_during_shutdown_delay: bool,
     /// Once the listener is closed, how long in-flight requests may take before they are cut.
     #[arg(long, env = env::DRAIN_TIMEOUT, default_value = defaults::DRAIN_TIMEOUT, value_parser = duration)]
     pub drain_timeout: Duration,
@@ -251,12 +255,20 @@ pub struct Args {
     /// (only if /metrics was ever scraped; 0 exits at once).
     #[arg(long, env = env::FINAL_SCRAPE_TIMEOUT, default_value = defaults::FINAL_SCRAPE_TIMEOUT, value_parser = duration)]
     pub final_scrape_timeout: Duration,
+    /// The pod's terminationGracePeriodSeconds (the injector sets it): the wait for a
+    /// final scrape ends before the grace period runs out, counted from the drain's start.
+    #[arg(long, env = env::GRACE_PERIOD, value_parser = duration)]
+    pub grace_period: Option<Duration>,
     /// Pooled connections to the app idle longer than this are not reused.
     #[arg(long, env = env::UPSTREAM_IDLE_TIMEOUT, default_value = defaults::UPSTREAM_IDLE_TIMEOUT, value_parser = duration)]
     pub upstream_idle_timeout: Duration,
     /// Connect timeout to the app.
     #[arg(long, env = env::UPSTREAM_CONNECT_TIMEOUT, default_value = defaults::UPSTREAM_CONNECT_TIMEOUT, value_parser = duration)]
     pub upstream_connect_timeout: Duration,
+    /// HTTP/1.1 connections to the app open at most; more requests wait in line for
+    /// one (bounded by --upstream-timeout).
+    #[arg(long, env = env::UPSTREAM_MAX_CONNECTIONS, default_value_t = defaults::UPSTREAM_MAX_CONNECTIONS)]
+    pub upstream_max_connections: usize,
     /// Time to the app's response headers before answering 504.
     #[arg(long, env = env::UPSTREAM_TIMEOUT, default_value = defaults::UPSTREAM_TIMEOUT, value_parser = duration)]
     pub upstream_timeout: Duration,
@@ -266,6 +278,16 @@ pub struct Args {
     /// Keep-alive connections from clients idle this long are closed.
     #[arg(long, env = env::IDLE_TIMEOUT, default_value = defaults::IDLE_TIMEOUT, value_parser = duration)]
     pub idle_timeout: Duration,
+    /// Longest pause in a client's request body; the sidecar then answers 408.
+    #[arg(long, env = env::REQUEST_BODY_TIMEOUT, default_value = defaults::REQUEST_BODY_TIMEOUT, value_parser = duration)]
+    pub request_body_timeout: Duration,
+    /// Longest a client may leave a response unread (its connection is then closed).
+    #[arg(long, env = env::RESPONSE_SEND_TIMEOUT, default_value = defaults::RESPONSE_SEND_TIMEOUT, value_parser = duration)]
+    pub response_send_timeout: Duration,
+    /// Client connections open at most, per serving port; more are refused (HTTP/1.1
+    /// 503 and closed). 0: no limit.
+    #[arg(long, env = env::MAX_CONNECTIONS, default_value_t = defaults::MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Largest accepted request head in bytes (431 beyond).
     #[arg(long, env = env::MAX_HEADER_SIZE, default_value_t = defaults::MAX_HEADER_SIZE)]
     pub max_header_size: usize,
@@ -317,22 +339,34 @@ pub struct Config {
     pub startup_hold: Duration,
     /// Shutdown delay.
     pub shutdown_delay: Duration,
+    /// `/ready` stays 200 during the shutdown delay.
+    pub ready_during_shutdown_delay: bool,
     /// Drain timeout.
     pub drain_timeout: Duration,
     /// Drain token.
     pub drain_token: Option<String>,
     /// Wait for a scrape that carries the drain's outcome, up to this long.
     pub final_scrape_timeout: Duration,
+    /// The pod's termination grace period, if known.
+    pub grace_period: Option<Duration>,
     /// Upstream pool idle timeout.
     pub upstream_idle_timeout: Duration,
     /// Upstream connect timeout.
     pub upstream_connect_timeout: Duration,
+    /// Upstream HTTP/1.1 connection limit.
+    pub upstream_max_connections: usize,
     /// Upstream response-header timeout.
     pub upstream_timeout: Duration,
     /// Header read timeout.
     pub header_read_timeout: Duration,
     /// Downstream idle timeout.
     pub idle_timeout: Duration,
+    /// Request body idle timeout.
+    pub request_body_timeout: Duration,
+    /// Response send idle timeout.
+    pub response_send_timeout: Duration,
+    /// Client connection cap (0: none).
+    pub max_connections: usize,
     /// Max request head size.
     pub max_header_size: usize,
     /// Worker threads, resolved (at least 1).
@@ -390,6 +424,9 @@ impl Config {
     }
 }
 
+/// The largest `--upstream-max-connections` (far above any open-file limit).
+const MAX_UPSTREAM_CONNECTIONS: usize = 1_000_000;
+
 fn positive(name: &'static str, value: Duration) -> Result<Duration, ConfigError> {
     if value.is_zero() {
         return Err(ConfigError {
@@ -439,6 +476,13 @@ impl Args {
                 reason: "a tcp-mode sidecar can only check that the app accepts connections (`tcp`)",
             });
         }
+        if !(1..=MAX_UPSTREAM_CONNECTIONS).contains(&self.upstream_max_connections) {
+            return Err(ConfigError {
+                name: "--upstream-max-connections",
+                value: self.upstream_max_connections.to_string(),
+                reason: "must be between 1 and 1000000",
+            });
+        }
         if self.max_header_size < MIN_MAX_HEADER_SIZE {
             return Err(ConfigError {
                 name: "--max-header-size",
@@ -468,17 +512,23 @@ impl Args {
             app_check_success_threshold: self.app_check_success_threshold,
             startup_hold: self.startup_hold,
             shutdown_delay: self.shutdown_delay,
+            ready_during_shutdown_delay: self.ready_during_shutdown_delay,
             drain_timeout: positive("--drain-timeout", self.drain_timeout)?,
             drain_token: self.drain_token,
             final_scrape_timeout: self.final_scrape_timeout,
+            grace_period: self.grace_period,
             upstream_idle_timeout: positive("--upstream-idle-timeout", self.upstream_idle_timeout)?,
             upstream_connect_timeout: positive(
                 "--upstream-connect-timeout",
                 self.upstream_connect_timeout,
             )?,
+            upstream_max_connections: self.upstream_max_connections,
             upstream_timeout: positive("--upstream-timeout", self.upstream_timeout)?,
             header_read_timeout: positive("--header-read-timeout", self.header_read_timeout)?,
             idle_timeout: positive("--idle-timeout", self.idle_timeout)?,
+            request_body_timeout: positive("--request-body-timeout", self.request_body_timeout)?,
+            response_send_timeout: positive("--response-send-timeout", self.response_send_timeout)?,
+            max_connections: self.max_connections,
             max_header_size: self.max_header_size,
             workers: match self.workers {
                 0 => std::thread::available_parallelism().map_or(1, usize::from),

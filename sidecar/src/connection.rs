@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::context::Context;
 use crate::h2_frames::{CLIENT_PREFACE, GoawayScan, StrayWindowUpdates};
-use crate::watchdog::{ConnState, Deadline};
+use crate::watchdog::{ConnState, Deadline, Timeouts};
 
 type TaskContext<'a> = std::task::Context<'a>;
 
@@ -38,6 +38,9 @@ const H2_PREFACE: &[u8] = CLIENT_PREFACE;
 const H2_READ_CHUNK: usize = 16 * 1024;
 /// The most concurrent HTTP/2 streams per connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// How long an HTTP/2 connection that sent no request in time has, after our GOAWAY,
+/// before it is closed regardless.
+const H2_GOAWAY_GRACE: Duration = Duration::from_secs(1);
 /// An HTTP/1 keep-alive connection idle this long, with nothing half-done, is parked:
 /// hyper's state and buffers (about 20 KiB) are dropped until the client sends again.
 /// Short enough that idle pools cost little, long enough that a busy connection is
@@ -416,9 +419,16 @@ where
     C: Future<Output = Result<(), hyper::Error>>,
 {
     let config = &context.config;
+    let timeouts = Timeouts {
+        header: config.header_read_timeout,
+        idle: config.idle_timeout,
+        send: config.response_send_timeout,
+    };
     let mut phase = context.lifecycle.watch_phase();
     let shuts_down = |p: crate::lifecycle::Phase| p.shuts_down(h2);
     let mut closing = false;
+    // Set when a connection that went away gracefully is to be dropped regardless.
+    let mut hard_close_at: Option<Instant> = None;
     let mut app_goaways = context.app_goaways.clone();
     app_goaways.borrow_and_update();
     let mut relay = h2;
@@ -432,10 +442,14 @@ where
     loop {
         let park = park_after.filter(|_| !closing);
         let deadline = state
-            .next_deadline(config.header_read_timeout, config.idle_timeout, park)
+            .next_deadline(&timeouts, park)
             .filter(|d| !(closing && matches!(d, Deadline::Idle(_))));
         let wake_at = deadline.map_or_else(|| Instant::now() + config.idle_timeout, Deadline::at);
+        let wake_at = hard_close_at.map_or(wake_at, |hard| hard.min(wake_at));
         tokio::select! {
+            _ = tokio::time::sleep_until(hard_close_at.unwrap_or(wake_at)), if hard_close_at.is_some() => {
+                return Driven::Ended;
+            }
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     debug!(%error, "client connection ended with an error");
@@ -466,10 +480,27 @@ where
             }
             _ = tokio::time::sleep_until(wake_at) => {
                 let now = Instant::now();
-                match state.next_deadline(config.header_read_timeout, config.idle_timeout, park) {
+                match state.next_deadline(&timeouts, park) {
+                    Some(Deadline::Header(at)) if at <= now && h2 => {
+                        // No request on a new HTTP/2 connection: GOAWAY, then close
+                        // once it had a moment to reach the client.
+                        debug!("no request in time on an HTTP/2 connection, going away");
+                        context.metrics.header_read_timeouts.inc();
+                        state.clear_head_clock();
+                        if !closing {
+                            graceful(connection.as_mut());
+                            closing = true;
+                        }
+                        hard_close_at = Some(now + H2_GOAWAY_GRACE);
+                    }
                     Some(Deadline::Header(at)) if at <= now => {
                         debug!("request head not received in time, closing");
                         context.metrics.header_read_timeouts.inc();
+                        return Driven::Ended;
+                    }
+                    Some(Deadline::Send(at)) if at <= now => {
+                        debug!("the client read nothing within the send timeout, closing");
+                        context.metrics.response_send_timeouts.inc();
                         return Driven::Ended;
                     }
                     Some(Deadline::Idle(at)) if at <= now && !closing => {

@@ -25,7 +25,8 @@ pub(crate) struct Drain {
     pub(crate) tasks: TaskTracker,
     /// Cancelled at the drain timeout: everything still open is cut.
     pub(crate) cut: CancellationToken,
-    /// TCP-mode connections open (each is one thing cut at the drain timeout).
+    /// TCP-mode connections and HTTP upgrade tunnels open (each is one thing cut at
+    /// the drain timeout).
     pub(crate) tunnels: Arc<AtomicU64>,
 }
 
@@ -42,7 +43,7 @@ pub(crate) struct Context {
     pub(crate) tasks: TaskTracker,
     /// Cancelled at the drain timeout: everything still open is cut.
     pub(crate) cut: CancellationToken,
-    /// TCP-mode connections open, across listeners.
+    /// TCP-mode connections and HTTP upgrade tunnels open, across listeners.
     pub(crate) tunnels: Arc<AtomicU64>,
     /// Changes each time the app sends GOAWAY (relayed to HTTP/2 clients).
     pub(crate) app_goaways: watch::Receiver<u64>,
@@ -56,12 +57,12 @@ impl Context {
         metrics: Metrics,
         drain: &Drain,
     ) -> Self {
-        let upstream = Upstream::new(
-            listener.upstream,
-            config.upstream_connect_timeout,
-            config.upstream_idle_timeout,
-            metrics.clone(),
-        );
+        let settings = crate::upstream::Settings {
+            connect_timeout: config.upstream_connect_timeout,
+            idle_timeout: config.upstream_idle_timeout,
+            max_connections: config.upstream_max_connections,
+        };
+        let upstream = Upstream::new(listener.upstream, settings, metrics.clone());
         Self {
             app_goaways: upstream.app_goaways(),
             upstream: Arc::new(upstream),

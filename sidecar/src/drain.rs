@@ -12,7 +12,8 @@
 //!    port answers, `/ready` is 503) until a signal: in a native-sidecar pod the
 //!    kubelet sends it once the app has exited.
 //! 3. After the drain, one more scrape of `/metrics` is waited for, so that the
-//!    outcome reaches Prometheus (bounded, skipped when nobody scrapes, cut short by a
+//!    outcome reaches Prometheus (bounded by the final scrape timeout and by what the
+//!    pod's grace period has left, skipped when nobody scrapes, cut short by a
 //!    signal).
 
 use std::sync::Arc;
@@ -77,11 +78,44 @@ fn outcome(joined: Result<DrainOutcome, tokio::task::JoinError>) -> DrainOutcome
     })
 }
 
+/// What the grace period must keep after the final-scrape wait: the kubelet's own
+/// latency between the pod's deletion and the drain's trigger, and the exit.
+const GRACE_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long the sidecar may wait, after the drain, for a scrape that carries its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinalScrape {
+    /// `--final-scrape-timeout`: 0 never waits.
+    pub timeout: Duration,
+    /// `--grace-period`: the pod's `terminationGracePeriodSeconds`, counted from the
+    /// drain's trigger; the wait ends [`GRACE_MARGIN`] before it runs out.
+    pub grace_period: Option<Duration>,
+}
+
+impl FinalScrape {
+    /// Never waits.
+    pub const NEVER: Self = Self {
+        timeout: Duration::ZERO,
+        grace_period: None,
+    };
+
+    /// The wait allowed at `now` for a drain triggered at `triggered`.
+    fn wait(&self, triggered: Option<Instant>, now: Instant) -> Duration {
+        match (self.grace_period, triggered) {
+            (Some(grace), Some(at)) => {
+                let left = (at + grace).saturating_duration_since(now);
+                self.timeout.min(left.saturating_sub(GRACE_MARGIN))
+            }
+            _ => self.timeout,
+        }
+    }
+}
+
 /// The exit sequence (see the module doc); returns once the process should exit.
 pub async fn exit(
     lifecycle: &Lifecycle,
     signals: &mut impl Signals,
-    final_scrape_timeout: Duration,
+    final_scrape: FinalScrape,
 ) -> Exit {
     let signalled = tokio::select! {
         signal = signals.next() => {
@@ -104,7 +138,8 @@ pub async fn exit(
         info!(signal = signal.as_str(), "signal received after the drain");
     }
     let outcome = lifecycle.drained().await;
-    wait_for_final_scrape(lifecycle, final_scrape_timeout, signals).await;
+    let wait = final_scrape.wait(lifecycle.drain_triggered_at(), Instant::now());
+    wait_for_final_scrape(lifecycle, wait, signals).await;
     Exit::Drained(outcome)
 }
 
@@ -140,7 +175,11 @@ mod tests {
     use super::*;
     use crate::signal::Signal;
 
-    const NO_SCRAPE: Duration = Duration::ZERO;
+    const NO_SCRAPE: FinalScrape = FinalScrape::NEVER;
+    const SCRAPE_30S: FinalScrape = FinalScrape {
+        timeout: Duration::from_secs(30),
+        grace_period: None,
+    };
 
     #[tokio::test]
     async fn a_signal_starts_the_drain_and_the_drained_outcome_ends_it() {
@@ -211,12 +250,29 @@ mod tests {
             drained.record_scrape(true);
         });
         let started = Instant::now();
-        let exit = exit(&lifecycle, &mut signals, Duration::from_secs(30)).await;
+        let exit = exit(&lifecycle, &mut signals, SCRAPE_30S).await;
         assert_eq!(exit, Exit::Drained(DrainOutcome::Drained));
         let waited = started.elapsed();
         assert!(
             waited >= Duration::from_secs(5) && waited < Duration::from_secs(30),
             "waited {waited:?}"
+        );
+    }
+
+    #[test]
+    fn the_final_scrape_wait_ends_before_the_grace_period_does() {
+        let triggered = Instant::now();
+        let scrape = FinalScrape {
+            timeout: Duration::from_secs(30),
+            grace_period: Some(Duration::from_secs(55)),
+        };
+        let after = |secs| scrape.wait(Some(triggered), triggered + Duration::from_secs(secs));
+        assert_eq!(after(10), Duration::from_secs(30), "plenty left");
+        assert_eq!(after(40), Duration::from_secs(13), "55 - 40 - 2");
+        assert_eq!(after(54), Duration::ZERO, "nothing left");
+        assert_eq!(
+            SCRAPE_30S.wait(Some(triggered), triggered),
+            Duration::from_secs(30)
         );
     }
 }

@@ -25,6 +25,7 @@
 pub mod config;
 pub mod drain;
 pub mod lifecycle;
+pub mod log_limit;
 pub mod metrics;
 pub mod signal;
 pub mod upstream;
@@ -33,8 +34,10 @@ mod admin;
 mod app_check;
 mod connection;
 mod context;
+mod expect;
 mod h2_frames;
 mod proxy;
+mod request_body;
 mod server;
 mod tcp;
 mod watchdog;
@@ -120,9 +123,13 @@ pub async fn run(
             lifecycle: lifecycle.clone(),
             registry,
             drain_token: config.drain_token.clone(),
+            ready_during_shutdown_delay: config.ready_during_shutdown_delay,
         }),
     ));
-    let final_scrape_timeout = config.final_scrape_timeout;
+    let final_scrape = drain::FinalScrape {
+        timeout: config.final_scrape_timeout,
+        grace_period: config.grace_period,
+    };
     let shared = context::Drain::default();
     let serving = listeners
         .into_iter()
@@ -144,7 +151,7 @@ pub async fn run(
         config,
         metrics,
     ));
-    Ok(drain::exit(&lifecycle, &mut signals, final_scrape_timeout).await)
+    Ok(drain::exit(&lifecycle, &mut signals, final_scrape).await)
 }
 
 /// Mirrors phase changes into the metrics and the log.

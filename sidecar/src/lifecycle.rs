@@ -66,7 +66,8 @@ impl Phase {
 /// | `Draining` | no | no | yes | yes | yes | period |
 /// | `Drained` | no | no | yes | yes | yes | period |
 ///
-/// `/ready` is 200 only when the app passes its check and the drain has not started.
+/// `/ready` is 200 while the app passes its check, until the listener closes; with
+/// `--ready-during-shutdown-delay=false`, only until the drain starts.
 impl Phase {
     /// Requests wait for the app to pass its check (up to the startup hold).
     pub fn holds_requests(self) -> bool {
@@ -160,6 +161,8 @@ struct Inner {
     app_ready: watch::Sender<bool>,
     /// The first drain trigger's cause; later triggers join that drain.
     trigger: watch::Sender<Option<&'static str>>,
+    /// When the first drain trigger came (the pod's deletion, near enough).
+    triggered_at: std::sync::OnceLock<tokio::time::Instant>,
     outcome: watch::Sender<Option<DrainOutcome>>,
     /// `/metrics` has been scraped at least once: somebody is watching.
     scraped: AtomicBool,
@@ -181,6 +184,7 @@ impl Lifecycle {
                 phase: watch::channel(Phase::Starting).0,
                 app_ready: watch::channel(false).0,
                 trigger: watch::channel(None).0,
+                triggered_at: std::sync::OnceLock::new(),
                 outcome: watch::channel(None).0,
                 scraped: AtomicBool::new(false),
                 outcome_scraped: watch::channel(false).0,
@@ -227,9 +231,23 @@ impl Lifecycle {
         *self.inner.app_ready.borrow()
     }
 
-    /// Whether the pod should receive traffic: the app is ready and no drain started.
-    pub fn ready(&self) -> bool {
-        self.app_ready() && !self.phase().is_draining()
+    /// Whether `/ready` says the pod can serve: the app passes its check and the
+    /// listener accepts; during the shutdown delay only if `during_shutdown_delay`.
+    ///
+    /// Staying ready through the delay is what Kubernetes routing wants: an
+    /// EndpointSlice marks a terminating pod `ready: false` whatever its readiness,
+    /// so ingress controllers and kube-proxy stop choosing it either way, while
+    /// `serving` keeps following readiness, and kube-proxy falls back to serving
+    /// terminating endpoints when no ready one is left. Failing readiness at once
+    /// only gives up that fallback; load balancers that probe pods themselves
+    /// instead of reading EndpointSlices need it, hence the choice.
+    pub fn ready(&self, during_shutdown_delay: bool) -> bool {
+        self.app_ready()
+            && match self.phase() {
+                Phase::Starting | Phase::Serving => true,
+                Phase::ShutdownDelay => during_shutdown_delay,
+                Phase::Draining | Phase::Drained => false,
+            }
     }
 
     /// Waits until the app has passed its check at least once (the phase left `Starting`).
@@ -244,9 +262,15 @@ impl Lifecycle {
             let first = trigger.is_none();
             if first {
                 *trigger = Some(cause);
+                let _ = self.inner.triggered_at.set(tokio::time::Instant::now());
             }
             first
         })
+    }
+
+    /// When the drain was triggered, if it was.
+    pub fn drain_triggered_at(&self) -> Option<tokio::time::Instant> {
+        self.inner.triggered_at.get().copied()
     }
 
     /// Waits for the first drain trigger and returns its cause.
@@ -304,15 +328,18 @@ mod tests {
     #[test]
     fn phases_only_move_forward() {
         let lifecycle = Lifecycle::new();
-        assert!(!lifecycle.ready());
+        assert!(!lifecycle.ready(true));
         lifecycle.set_app_ready(true);
         assert_eq!(lifecycle.phase(), Phase::Serving);
-        assert!(lifecycle.ready());
+        assert!(lifecycle.ready(false));
         assert!(lifecycle.advance(Phase::ShutdownDelay));
-        assert!(!lifecycle.ready(), "not ready once draining");
+        assert!(lifecycle.ready(true), "ready through the delay by default");
+        assert!(!lifecycle.ready(false), "or not ready once draining");
         assert!(!lifecycle.advance(Phase::Serving));
         lifecycle.set_app_ready(true);
         assert_eq!(lifecycle.phase(), Phase::ShutdownDelay);
+        assert!(lifecycle.advance(Phase::Draining));
+        assert!(!lifecycle.ready(true), "never once the listener closed");
     }
 
     #[test]

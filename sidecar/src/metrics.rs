@@ -24,6 +24,13 @@ pub const RETRY_IDEMPOTENT: &str = "idempotent";
 /// The `reason` label values of `lameduck_upstream_retries_total`.
 pub const RETRY_REASONS: [&str; 2] = [RETRY_NOT_SENT, RETRY_IDEMPOTENT];
 
+/// Where a client cancelled a request: before the response head was sent.
+pub const CANCELLED_BEFORE_RESPONSE: &str = "before_response";
+/// Where a client cancelled a request: while its response body was being sent.
+pub const CANCELLED_DURING_RESPONSE: &str = "during_response";
+/// The `stage` label values of `lameduck_requests_cancelled_total`.
+pub const CANCELLED_STAGES: [&str; 2] = [CANCELLED_BEFORE_RESPONSE, CANCELLED_DURING_RESPONSE];
+
 /// How a TCP-mode connection ended: either side closed it.
 pub const TCP_CLOSED: &str = "closed";
 /// How a TCP-mode connection ended: still open at the drain timeout.
@@ -58,6 +65,19 @@ pub struct Metrics {
     pub upstream_connect_errors: IntCounter,
     /// Requests sent again on a fresh connection, by reason.
     pub upstream_retries: IntCounterVec,
+    /// Requests the client cancelled (closed its connection, reset its stream), by
+    /// the phase the request started in and the stage it was cancelled at.
+    pub requests_cancelled: IntCounterVec,
+    /// Upgraded connections (WebSocket and the like) open now.
+    pub tunnels_open: IntGauge,
+    /// Upgraded connections still open at the drain timeout, cut.
+    pub tunnels_cut: IntCounter,
+    /// Requests the sidecar refused without asking the app, by reason.
+    pub refusals: IntCounterVec,
+    /// HTTP/1.1 connections to the app open now.
+    pub upstream_connections_open: IntGauge,
+    /// Requests waiting for a connection to the app (the connection limit is reached).
+    pub upstream_requests_waiting: IntGauge,
     /// Requests cut at the drain timeout.
     pub requests_cut: IntCounter,
     /// Client connections open.
@@ -66,6 +86,8 @@ pub struct Metrics {
     pub connections_parked: IntGauge,
     /// Client connections closed for sending headers too slowly.
     pub header_read_timeouts: IntCounter,
+    /// Client connections closed for reading nothing of a response for too long.
+    pub response_send_timeouts: IntCounter,
     /// HTTP/2 connections to the app on which the app sent GOAWAY.
     pub app_goaways: IntCounter,
     /// Client HTTP/2 connections sent GOAWAY because the app sent one.
@@ -141,6 +163,36 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            requests_cancelled: IntCounterVec::new(
+                Opts::new(
+                    "lameduck_requests_cancelled_total",
+                    "Requests the client gave up on (closed its connection or reset its stream), by the phase the request started in and the stage (before_response, during_response).",
+                ),
+                &["phase", "stage"],
+            )?,
+            tunnels_open: IntGauge::new(
+                "lameduck_tunnels_open",
+                "Upgraded HTTP/1.1 connections (WebSocket and the like) relayed byte for byte now.",
+            )?,
+            tunnels_cut: IntCounter::new(
+                "lameduck_tunnels_cut_total",
+                "Upgraded connections still open at the drain timeout, and cut.",
+            )?,
+            refusals: IntCounterVec::new(
+                Opts::new(
+                    "lameduck_refusals_total",
+                    "Requests (max_connections: connections) the sidecar refused itself without asking the app, by reason (host, connect_method, open_files, bad_request_body, request_body_timeout, max_connections).",
+                ),
+                &["reason"],
+            )?,
+            upstream_connections_open: IntGauge::new(
+                "lameduck_upstream_connections_open",
+                "HTTP/1.1 connections to the app open now (at most --upstream-max-connections).",
+            )?,
+            upstream_requests_waiting: IntGauge::new(
+                "lameduck_upstream_requests_waiting",
+                "Requests waiting for a connection to the app because --upstream-max-connections are in use.",
+            )?,
             requests_cut: IntCounter::new(
                 "lameduck_requests_cut_total",
                 "Requests (in TCP mode: connections) still in flight when the drain timeout passed.",
@@ -156,6 +208,10 @@ impl Metrics {
             header_read_timeouts: IntCounter::new(
                 "lameduck_header_read_timeouts_total",
                 "Client connections closed for not sending a request head within the header read timeout.",
+            )?,
+            response_send_timeouts: IntCounter::new(
+                "lameduck_response_send_timeouts_total",
+                "Client connections closed because the client read nothing of its response within the response send timeout.",
             )?,
             app_goaways: IntCounter::new(
                 "lameduck_app_goaways_total",
@@ -184,10 +240,17 @@ impl Metrics {
         registry.register(Box::new(metrics.startup_hold_expired.clone()))?;
         registry.register(Box::new(metrics.upstream_connect_errors.clone()))?;
         registry.register(Box::new(metrics.upstream_retries.clone()))?;
+        registry.register(Box::new(metrics.requests_cancelled.clone()))?;
+        registry.register(Box::new(metrics.tunnels_open.clone()))?;
+        registry.register(Box::new(metrics.tunnels_cut.clone()))?;
+        registry.register(Box::new(metrics.refusals.clone()))?;
+        registry.register(Box::new(metrics.upstream_connections_open.clone()))?;
+        registry.register(Box::new(metrics.upstream_requests_waiting.clone()))?;
         registry.register(Box::new(metrics.requests_cut.clone()))?;
         registry.register(Box::new(metrics.connections_open.clone()))?;
         registry.register(Box::new(metrics.connections_parked.clone()))?;
         registry.register(Box::new(metrics.header_read_timeouts.clone()))?;
+        registry.register(Box::new(metrics.response_send_timeouts.clone()))?;
         registry.register(Box::new(metrics.app_goaways.clone()))?;
         registry.register(Box::new(metrics.goaways_relayed.clone()))?;
         registry.register(Box::new(metrics.tcp_connections.clone()))?;
@@ -211,6 +274,16 @@ impl Metrics {
                     .tcp_connections
                     .with_label_values(&[phase.as_str(), outcome]);
             }
+        }
+        for phase in Phase::ALL.iter().filter(|p| **p != Phase::Drained) {
+            for stage in CANCELLED_STAGES {
+                metrics
+                    .requests_cancelled
+                    .with_label_values(&[phase.as_str(), stage]);
+            }
+        }
+        for refusal in crate::proxy::Refusal::ALL {
+            metrics.refusals.with_label_values(&[refusal.as_str()]);
         }
         for reason in RETRY_REASONS {
             metrics.upstream_retries.with_label_values(&[reason]);

@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -26,18 +27,22 @@ use tracing::{debug, warn};
 
 use crate::config::Wire;
 use crate::context::Context;
+use crate::expect;
 use crate::lifecycle::Phase;
+use crate::log_limit::Limit;
 use crate::metrics::code_class;
+use crate::request_body::{self, RequestBody};
 use crate::upstream::{Body, BoxError, Lease, UpstreamError, full};
 use crate::watchdog::ConnState;
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// `Trailer` is not one of them: it announces end-to-end trailer fields, and hyper
+/// sends on only the trailers it announces.
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -69,11 +74,25 @@ impl Context {
             .flatten();
         let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let grpc = is_grpc(request.headers());
-        let request = track_request_body(request, &guard.conn);
+        let expect_continue = downstream_version == Version::HTTP_11
+            && wire == Wire::Http1
+            && expect::expects_continue(request.headers())
+            && !request.body().is_end_stream();
+        let mut request =
+            track_request_body(request, &guard.conn, self.config.request_body_timeout);
+        let gate = expect_continue.then(|| expect::gate(&mut request));
 
         let mut response = match self.forward(request, peer, upgrade, wire, grpc).await {
-            Ok((response, lease)) => self.relay(response, lease, on_upgrade),
-            Err(failure) => failure.response(grpc),
+            Ok((response, lease)) => self.relay(response, lease, on_upgrade, gate),
+            Err(failure) => {
+                if let Failure::Refused(refusal) = &failure {
+                    self.metrics
+                        .refusals
+                        .with_label_values(&[refusal.as_str()])
+                        .inc();
+                }
+                failure.response(grpc)
+            }
         };
         *response.version_mut() = downstream_version;
         if downstream_version < Version::HTTP_2 && self.lifecycle.phase().h1_connection_close() {
@@ -87,11 +106,19 @@ impl Context {
         let body = OnEnd::new(body, move |end| match end {
             End::Complete => guard.finish(status),
             End::Failed => {
-                warn!(status, "response body failed mid-stream");
+                static FAILED: Limit = Limit::new();
+                if let Some(suppressed) = FAILED.allow() {
+                    warn!(status, suppressed, "response body failed mid-stream");
+                }
                 guard.finish(599);
             }
             // A cut or abandoned response is a failure whatever its status said.
-            End::Abandoned => guard.finish(status.max(599)),
+            End::Abandoned => {
+                if !guard.context.cut.is_cancelled() {
+                    guard.cancelled(crate::metrics::CANCELLED_DURING_RESPONSE);
+                }
+                guard.finish(status.max(599));
+            }
         });
         Response::from_parts(parts, body.boxed_unsync())
     }
@@ -105,6 +132,9 @@ impl Context {
         wire: Wire,
         grpc: bool,
     ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
+        if let Some(refusal) = Refusal::of_head(&request) {
+            return Err(Failure::Refused(refusal));
+        }
         let hold_until = self
             .hold_for_app()
             .await
@@ -124,18 +154,21 @@ impl Context {
             Ok(Ok(sent)) => Ok(sent),
             Ok(Err(error)) => {
                 debug!(error = %error_chain(&error), "upstream request failed");
-                Err(Failure::Upstream(error))
+                Err(Failure::from_upstream(error))
             }
             Err(_) => Err(Failure::NoAnswerInTime),
         }
     }
 
     /// Turns the app's response into the client's, tunnelling an accepted upgrade.
+    /// With `gate` (the client expects `100 Continue`), a response that ends before
+    /// the app asked for the body leaves the app connection unreusable.
     fn relay(
         &self,
         response: Response<Incoming>,
         lease: Option<Lease>,
         on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        gate: Option<Arc<expect::Gate>>,
     ) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -161,7 +194,10 @@ impl Context {
                 let body = OnEnd::new(body, move |end| {
                     // Only a connection whose response was read to the end can be reused.
                     if let (End::Complete, Some(lease)) = (end, lease) {
-                        upstream.release(lease);
+                        // A request whose body was never sent ends its connection.
+                        if !gate.is_some_and(|gate| gate.abort_if_waiting()) {
+                            upstream.release(lease);
+                        }
                     }
                 });
                 Response::from_parts(parts, body.boxed_unsync())
@@ -171,6 +207,8 @@ impl Context {
 
     fn tunnel(&self, downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
         let cut = self.cut.clone();
+        let tunnels = self.tunnels.clone();
+        let metrics = self.metrics.clone();
         self.tasks.spawn(async move {
             let (down, up) = match tokio::try_join!(downstream, upstream) {
                 Ok(pair) => pair,
@@ -179,6 +217,9 @@ impl Context {
                     return;
                 }
             };
+            // Counted with the drain's cut work, as TCP-mode connections are.
+            tunnels.fetch_add(1, Ordering::Relaxed);
+            metrics.tunnels_open.inc();
             let mut down = TokioIo::new(down);
             let mut up = TokioIo::new(up);
             tokio::select! {
@@ -187,8 +228,13 @@ impl Context {
                         debug!(%error, "tunnel closed with an error");
                     }
                 }
-                _ = cut.cancelled() => debug!("tunnel cut at the drain timeout"),
+                _ = cut.cancelled() => {
+                    debug!("tunnel cut at the drain timeout");
+                    metrics.tunnels_cut.inc();
+                }
             }
+            metrics.tunnels_open.dec();
+            tunnels.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
@@ -306,19 +352,18 @@ fn upstream_request(
     Request::from_parts(parts, body)
 }
 
-/// The request with its body boxed; a body that is not empty reports to the
-/// connection whether it was read to its end (an idle connection is parked only
-/// once every body was).
-fn track_request_body(request: Request<Incoming>, conn: &Arc<ConnState>) -> Request<Body> {
+/// The request with its body boxed; a body that is not empty is timed and reports
+/// its end to the connection (`crate::request_body`).
+fn track_request_body(
+    request: Request<Incoming>,
+    conn: &Arc<ConnState>,
+    timeout: std::time::Duration,
+) -> Request<Body> {
     let (parts, body) = request.into_parts();
     if body.is_end_stream() {
         return Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
     }
-    conn.request_body_opened();
-    let conn = conn.clone();
-    let body = OnEnd::new(body, move |end| {
-        conn.request_body_closed(end == End::Complete)
-    });
+    let body = RequestBody::new(body, conn.clone(), timeout);
     Request::from_parts(parts, body.boxed_unsync())
 }
 
@@ -384,9 +429,79 @@ enum Failure {
     NoAnswerInTime,
     /// The request could not be sent or answered.
     Upstream(UpstreamError),
+    /// The sidecar refuses the request itself.
+    Refused(Refusal),
+}
+
+/// Why the sidecar refuses a request without asking the app; the `reason` label of
+/// `lameduck_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// An HTTP/1.1 request without a Host header, or with more than one (RFC 9112 §3.2).
+    Host,
+    /// `CONNECT`: the sidecar is a reverse proxy, never a tunnel to anywhere else.
+    Connect,
+    /// The sidecar is out of file descriptors for the app connection.
+    OpenFiles,
+    /// The client's request body was malformed or cut short.
+    BadBody,
+    /// The client paused its request body longer than the request body timeout.
+    BodyTimeout,
+    /// A connection beyond `--max-connections` (refused as a whole).
+    MaxConnections,
+}
+
+impl Refusal {
+    /// Every reason, for the metric's label values.
+    pub(crate) const ALL: [Self; 6] = [
+        Self::Host,
+        Self::Connect,
+        Self::OpenFiles,
+        Self::BadBody,
+        Self::BodyTimeout,
+        Self::MaxConnections,
+    ];
+
+    /// The `reason` label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Connect => "connect_method",
+            Self::OpenFiles => "open_files",
+            Self::BadBody => "bad_request_body",
+            Self::BodyTimeout => "request_body_timeout",
+            Self::MaxConnections => "max_connections",
+        }
+    }
+
+    /// The refusal a request head earns, if any.
+    fn of_head<B>(request: &Request<B>) -> Option<Self> {
+        if request.method() == http::Method::CONNECT {
+            return Some(Self::Connect);
+        }
+        let hosts = request.headers().get_all(header::HOST).iter().count();
+        (request.version() == Version::HTTP_11 && hosts != 1).then_some(Self::Host)
+    }
 }
 
 impl Failure {
+    /// The failure to send a request, blamed where it belongs: the sidecar's own
+    /// exhaustion and the client's broken body are refusals, not the app's fault.
+    fn from_upstream(error: UpstreamError) -> Self {
+        match error {
+            UpstreamError::OutOfFiles { .. } => Self::Refused(Refusal::OpenFiles),
+            // hyper's "user" errors here are the request body's, i.e. the client's.
+            UpstreamError::Request(error) if error.is_user() => {
+                if request_body::timed_out(&error) {
+                    Self::Refused(Refusal::BodyTimeout)
+                } else {
+                    Self::Refused(Refusal::BadBody)
+                }
+            }
+            other => Self::Upstream(other),
+        }
+    }
+
     /// The HTTP status and the message of the answer.
     fn status_and_message(&self) -> (StatusCode, &'static str) {
         match self {
@@ -404,6 +519,25 @@ impl Failure {
             ),
             Self::Upstream(UpstreamError::Connect { .. }) => {
                 (StatusCode::BAD_GATEWAY, "the app refused the connection")
+            }
+            Self::Refused(Refusal::Host) => (
+                StatusCode::BAD_REQUEST,
+                "an HTTP/1.1 request needs exactly one Host header",
+            ),
+            Self::Refused(Refusal::Connect) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served here")
+            }
+            Self::Refused(Refusal::OpenFiles | Refusal::MaxConnections)
+            | Self::Upstream(UpstreamError::OutOfFiles { .. }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the sidecar is out of file descriptors",
+            ),
+            Self::Refused(Refusal::BadBody) => (
+                StatusCode::BAD_REQUEST,
+                "the request body was malformed or cut short",
+            ),
+            Self::Refused(Refusal::BodyTimeout) => {
+                (StatusCode::REQUEST_TIMEOUT, "the request body stalled")
             }
             Self::Upstream(UpstreamError::Handshake(_) | UpstreamError::Request(_)) => (
                 StatusCode::BAD_GATEWAY,
@@ -456,9 +590,20 @@ pub(crate) struct RequestGuard {
     conn: Arc<ConnState>,
     phase: Phase,
     started: Instant,
+    /// A response was given (false when dropped: the client cancelled before it).
+    answered: bool,
 }
 
 impl RequestGuard {
+    /// Counts a request the client gave up on at `stage`.
+    fn cancelled(&self, stage: &'static str) {
+        self.context
+            .metrics
+            .requests_cancelled
+            .with_label_values(&[self.phase.as_str(), stage])
+            .inc();
+    }
+
     fn start(context: Arc<Context>, conn: Arc<ConnState>) -> Self {
         context.metrics.requests_in_flight.inc();
         conn.request_started();
@@ -467,10 +612,13 @@ impl RequestGuard {
             context,
             conn,
             started: Instant::now(),
+            answered: false,
         }
     }
 
-    fn finish(self, status: u16) {
+    /// The response was relayed to its end (or failed with `status`).
+    fn finish(mut self, status: u16) {
+        self.answered = true;
         let metrics = &self.context.metrics;
         metrics
             .requests
@@ -485,6 +633,9 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        if !self.answered {
+            self.cancelled(crate::metrics::CANCELLED_BEFORE_RESPONSE);
+        }
         self.context.metrics.requests_in_flight.dec();
         self.conn.request_done();
     }

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use crate::config::Protocol;
 use crate::context::{Context, Drain};
 use crate::lifecycle::DrainOutcome;
+use crate::log_limit::Limit;
 use crate::{connection, tcp};
 
 /// Accepts on every listener until the phase reaches `Draining`, then waits for every
@@ -58,6 +59,41 @@ pub(crate) async fn serve(
     DrainOutcome::TimedOut { cut }
 }
 
+/// The body of the answer to a connection beyond `--max-connections` on an HTTP port.
+const AT_CONNECTION_LIMIT: &str = "the sidecar is at its connection limit\n";
+/// How long a refused connection is given to take its answer.
+const REFUSAL_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes a connection beyond `--max-connections`, counted; an HTTP port first
+/// answers 503 (a TCP port has no way to say why).
+fn refuse(mut stream: tokio::net::TcpStream, context: &Context) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    context
+        .metrics
+        .refusals
+        .with_label_values(&[crate::proxy::Refusal::MaxConnections.as_str()])
+        .inc();
+    if context.listener.protocol != Protocol::Http {
+        return;
+    }
+    tokio::spawn(async move {
+        let answer = async {
+            let response = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{AT_CONNECTION_LIMIT}",
+                AT_CONNECTION_LIMIT.len()
+            );
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await?;
+            // Read what the client sent, so that closing does not reset the answer away.
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(REFUSAL_LINGER, answer).await;
+    });
+}
+
 /// Accepts on one listener until the phase stops accepting; the listener closes on return.
 async fn accept(listener: TcpListener, context: Arc<Context>) {
     let mut phase = context.lifecycle.watch_phase();
@@ -65,6 +101,12 @@ async fn accept(listener: TcpListener, context: Arc<Context>) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let max = context.config.max_connections;
+                    let open = usize::try_from(context.metrics.connections_open.get()).unwrap_or(0);
+                    if max != 0 && open >= max {
+                        refuse(stream, &context);
+                        continue;
+                    }
                     let for_connection = context.clone();
                     let open = context.metrics.connections_open.clone();
                     open.inc();
@@ -79,7 +121,10 @@ async fn accept(listener: TcpListener, context: Arc<Context>) {
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(%error, "accept failed");
+                    static ACCEPT_FAILED: Limit = Limit::new();
+                    if let Some(suppressed) = ACCEPT_FAILED.allow() {
+                        warn!(%error, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
             },

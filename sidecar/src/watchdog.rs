@@ -7,6 +7,10 @@
 //! - Idle deadline: a keep-alive connection with nothing in flight for the idle
 //!   timeout is closed gracefully.
 //!
+//! - Send deadline: a write to the client blocked (the client reads nothing) for the
+//!   response send timeout closes the connection; the app connection it holds is
+//!   freed.
+//!
 //! - Park deadline (HTTP/1 only): a keep-alive connection with nothing in flight,
 //!   nothing half-read and nothing unwritten for a moment gives hyper's state back
 //!   (buffers, the request future's slot) and waits on the bare socket; see
@@ -39,8 +43,9 @@ pub(crate) struct ConnState {
     /// A request body was dropped before its end: hyper may still be reading (or
     /// discarding) it, so the connection is never parked.
     body_abandoned: AtomicBool,
-    /// The last write to the client could not complete: hyper holds unwritten bytes.
-    write_blocked: AtomicBool,
+    /// Since when writes to the client cannot complete (hyper holds unwritten
+    /// bytes), ms since `epoch` plus one; 0: the last write completed.
+    write_blocked_ms: AtomicU64,
     pub(crate) wake: Notify,
 }
 
@@ -55,7 +60,7 @@ impl ConnState {
             head_started_ms: AtomicU64::new(0),
             bodies_open: AtomicUsize::new(0),
             body_abandoned: AtomicBool::new(false),
-            write_blocked: AtomicBool::new(false),
+            write_blocked_ms: AtomicU64::new(0),
             wake: Notify::new(),
         }
     }
@@ -118,8 +123,13 @@ impl ConnState {
 
     /// A write to the client completed (`false`) or could not (`true`).
     pub(crate) fn on_write(&self, blocked: bool) {
-        if self.write_blocked.load(Ordering::Relaxed) != blocked {
-            self.write_blocked.store(blocked, Ordering::Relaxed);
+        let since = self.write_blocked_ms.load(Ordering::Relaxed);
+        if blocked && since == 0 {
+            self.write_blocked_ms
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+            self.wake.notify_one();
+        } else if !blocked && since != 0 {
+            self.write_blocked_ms.store(0, Ordering::Relaxed);
         }
     }
 
@@ -131,7 +141,7 @@ impl ConnState {
             && self.head_started_ms.load(Ordering::Acquire) == 0
             && self.bodies_open.load(Ordering::Acquire) == 0
             && !self.body_abandoned.load(Ordering::Acquire)
-            && !self.write_blocked.load(Ordering::Relaxed)
+            && self.write_blocked_ms.load(Ordering::Relaxed) == 0
             && !self.h2.load(Ordering::Relaxed)
     }
 
@@ -140,19 +150,33 @@ impl ConnState {
     /// last request ended (unless the idle deadline comes first).
     pub(crate) fn next_deadline(
         &self,
-        header_timeout: Duration,
-        idle_timeout: Duration,
+        timeouts: &Timeouts,
+        park_after: Option<Duration>,
+    ) -> Option<Deadline> {
+        let blocked = self.write_blocked_ms.load(Ordering::Relaxed);
+        let send = (blocked != 0).then(|| Deadline::Send(self.at(blocked - 1) + timeouts.send));
+        let other = self.request_deadline(timeouts, park_after);
+        match (send, other) {
+            (Some(send), Some(other)) if other.at() < send.at() => Some(other),
+            (Some(send), _) => Some(send),
+            (None, other) => other,
+        }
+    }
+
+    fn request_deadline(
+        &self,
+        timeouts: &Timeouts,
         park_after: Option<Duration>,
     ) -> Option<Deadline> {
         let head = self.head_started_ms.load(Ordering::Acquire);
         if head != 0 {
-            return Some(Deadline::Header(self.at(head - 1) + header_timeout));
+            return Some(Deadline::Header(self.at(head - 1) + timeouts.header));
         }
         if self.in_flight.load(Ordering::Acquire) == 0 {
             let last = self.at(self.last_done_ms.load(Ordering::Acquire));
-            let idle = Deadline::Idle(last + idle_timeout);
+            let idle = Deadline::Idle(last + timeouts.idle);
             return Some(match park_after {
-                Some(after) if after < idle_timeout && self.parkable() => {
+                Some(after) if after < timeouts.idle && self.parkable() => {
                     Deadline::Park(last + after)
                 }
                 _ => idle,
@@ -161,10 +185,27 @@ impl ConnState {
         None
     }
 
+    /// An HTTP/2 connection's first-request clock ran out: it is being shut down
+    /// gracefully, and the clock must not fire again.
+    pub(crate) fn clear_head_clock(&self) {
+        self.head_started_ms.store(0, Ordering::Release);
+    }
+
     /// When the connection goes idle-closed, counted from its last request.
     pub(crate) fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
         self.at(self.last_done_ms.load(Ordering::Acquire)) + idle_timeout
     }
+}
+
+/// The watchdog's clocks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// From the first byte of a request head to its end.
+    pub(crate) header: Duration,
+    /// Keep-alive idle.
+    pub(crate) idle: Duration,
+    /// A blocked write to the client.
+    pub(crate) send: Duration,
 }
 
 /// The next thing the watchdog enforces.
@@ -176,12 +217,16 @@ pub(crate) enum Deadline {
     Idle(Instant),
     /// Nothing in flight or half-done: the HTTP/1 connection is parked then.
     Park(Instant),
+    /// The client has read nothing since a write blocked: closed then.
+    Send(Instant),
 }
 
 impl Deadline {
     pub(crate) fn at(self) -> Instant {
         match self {
-            Deadline::Header(at) | Deadline::Idle(at) | Deadline::Park(at) => at,
+            Deadline::Header(at) | Deadline::Idle(at) | Deadline::Park(at) | Deadline::Send(at) => {
+                at
+            }
         }
     }
 }
@@ -192,6 +237,12 @@ mod tests {
 
     const HEADER: Duration = Duration::from_secs(10);
     const IDLE: Duration = Duration::from_secs(3600);
+    const SEND: Duration = Duration::from_secs(60);
+    const TIMEOUTS: Timeouts = Timeouts {
+        header: HEADER,
+        idle: IDLE,
+        send: SEND,
+    };
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_waits_for_the_idle_timeout_not_the_header_one() {
@@ -199,7 +250,7 @@ mod tests {
         let opened = Instant::now();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(
-            state.next_deadline(HEADER, IDLE, None),
+            state.next_deadline(&TIMEOUTS, None),
             Some(Deadline::Idle(opened + IDLE))
         );
     }
@@ -213,19 +264,19 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         state.on_read();
         assert_eq!(
-            state.next_deadline(HEADER, IDLE, None),
+            state.next_deadline(&TIMEOUTS, None),
             Some(Deadline::Header(first_byte + HEADER)),
             "later bytes of the same head do not move it"
         );
         state.request_started();
         assert_eq!(
-            state.next_deadline(HEADER, IDLE, None),
+            state.next_deadline(&TIMEOUTS, None),
             None,
             "in flight: no deadline"
         );
         state.on_read();
         assert_eq!(
-            state.next_deadline(HEADER, IDLE, None),
+            state.next_deadline(&TIMEOUTS, None),
             None,
             "bytes behind a request in flight are its body"
         );
@@ -233,7 +284,7 @@ mod tests {
         let done = Instant::now();
         state.request_done();
         assert_eq!(
-            state.next_deadline(HEADER, IDLE, None),
+            state.next_deadline(&TIMEOUTS, None),
             Some(Deadline::Idle(done + IDLE))
         );
     }
@@ -244,7 +295,7 @@ mod tests {
         state.h2.store(true, Ordering::Relaxed);
         state.on_read();
         assert!(matches!(
-            state.next_deadline(HEADER, IDLE, None),
+            state.next_deadline(&TIMEOUTS, None),
             Some(Deadline::Idle(_))
         ));
     }
@@ -258,13 +309,13 @@ mod tests {
         state.request_done();
         let done = Instant::now();
         assert_eq!(
-            state.next_deadline(HEADER, IDLE, PARK),
+            state.next_deadline(&TIMEOUTS, PARK),
             Some(Deadline::Idle(done + IDLE)),
             "a request body not yet read to its end"
         );
         state.request_body_closed(true);
         assert_eq!(
-            state.next_deadline(HEADER, IDLE, PARK),
+            state.next_deadline(&TIMEOUTS, PARK),
             Some(Deadline::Park(done + Duration::from_millis(200)))
         );
         state.on_write(true);
@@ -284,8 +335,26 @@ mod tests {
             "hyper may still be discarding the rest of a dropped body"
         );
         assert!(matches!(
-            abandoned.next_deadline(HEADER, IDLE, PARK),
+            abandoned.next_deadline(&TIMEOUTS, PARK),
             Some(Deadline::Idle(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_write_is_closed_at_the_send_timeout_even_mid_request() {
+        let state = ConnState::new();
+        state.request_started();
+        assert_eq!(state.next_deadline(&TIMEOUTS, None), None);
+        let blocked = Instant::now();
+        state.on_write(true);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        state.on_write(true);
+        assert_eq!(
+            state.next_deadline(&TIMEOUTS, None),
+            Some(Deadline::Send(blocked + SEND)),
+            "counted from the first blocked write"
+        );
+        state.on_write(false);
+        assert_eq!(state.next_deadline(&TIMEOUTS, None), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The protocols beside plain HTTP/1.1: HTTP/2 to the app (h2c and auto) with its
-//! trailers, the app's GOAWAY relayed, HTTP/1.1 header case, TCP mode's drain, and
-//! several serving ports of different protocols drained as one.
+//! trailers, the app's GOAWAY relayed, HTTP/1.1 header case, trailers and
+//! `Expect: 100-continue`, TCP mode's drain, and several serving ports of different
+//! protocols drained as one.
 
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{
-    Sidecar, app_config, exchange, get, h2_client, request, start_app, start_h2_app, wait_ready,
+    Sidecar, app_config, exchange, get, h2_client, read_head, request, start_app, start_h2_app,
+    wait_ready,
 };
 
 fn post(addr: std::net::SocketAddr, body: &'static str) -> http::Request<Full<Bytes>> {
@@ -116,18 +118,15 @@ async fn a_goaway_from_the_app_is_relayed_to_http2_clients() {
     assert_eq!(response.status(), 200);
 }
 
-/// Reads an HTTP/1.1 head (up to the blank line) from `stream`; none if the peer
-/// closes first (the sidecar's TCP app check does).
-async fn read_head(stream: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).await.ok()? == 0 {
-            return None;
+/// Accepts on `app` until a connection sends a request head (the sidecar's TCP app
+/// check connects and closes first).
+async fn accept_request(app: &TcpListener) -> (TcpStream, String) {
+    loop {
+        let (mut stream, _) = app.accept().await.expect("accept");
+        if let Some(head) = read_head(&mut stream).await {
+            return (stream, head);
         }
-        head.push(byte[0]);
     }
-    String::from_utf8(head).ok()
 }
 
 #[tokio::test]
@@ -137,12 +136,7 @@ async fn http1_header_names_keep_their_case_both_ways() {
     let sidecar = Sidecar::new(app_addr).start().await;
     wait_ready(sidecar.admin, 200).await;
     let seen = tokio::spawn(async move {
-        let (mut stream, head) = loop {
-            let (mut stream, _) = app.accept().await.expect("accept");
-            if let Some(head) = read_head(&mut stream).await {
-                break (stream, head);
-            }
-        };
+        let (mut stream, head) = accept_request(&app).await;
         stream
             .write_all(b"HTTP/1.1 200 OK\r\nX-Custom-ReplyHeader: 1\r\ncontent-length: 2\r\n\r\nok")
             .await
@@ -206,7 +200,8 @@ async fn tcp_mode_serves_through_the_delay_then_cuts_idle_connections_and_counts
 
     sidecar.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(get(sidecar.admin, "/ready").await.status, 503);
+    // Still ready through the delay (the default; see the next test).
+    assert_eq!(get(sidecar.admin, "/ready").await.status, 200);
     let mut during = TcpStream::connect(sidecar.listen)
         .await
         .expect("accepted during the shutdown delay");
@@ -300,4 +295,108 @@ async fn several_ports_of_different_protocols_are_served_and_drained_as_one() {
     }
     let cut = "lameduck_tcp_connections_total{outcome=\"cut\",phase=\"serving\"}";
     assert_eq!(sidecar.metric(cut).await, 1.0);
+}
+
+/// Reads from `stream` until what was read ends with `end` (or the peer closes).
+async fn read_until_end(stream: &mut TcpStream, end: &[u8]) -> String {
+    let mut read = Vec::new();
+    let mut byte = [0u8; 1];
+    while !read.ends_with(end) {
+        match stream.read(&mut byte).await {
+            Ok(1) => read.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&read).into_owned()
+}
+
+#[tokio::test]
+async fn http1_trailers_pass_both_ways() {
+    let app = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app_addr = app.local_addr().expect("addr");
+    let sidecar = Sidecar::new(app_addr).start().await;
+    wait_ready(sidecar.admin, 200).await;
+    let seen = tokio::spawn(async move {
+        let (mut stream, head) = accept_request(&app).await;
+        let body = read_until_end(&mut stream, b"\r\n\r\n").await;
+        stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-response-sum\r\n\r\n\
+                  2\r\nok\r\n0\r\nx-response-sum: 42\r\n\r\n",
+            )
+            .await
+            .expect("reply");
+        (head, body)
+    });
+    let mut client = TcpStream::connect(sidecar.listen).await.expect("connect");
+    client
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: app\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\
+              Trailer: x-request-sum\r\nconnection: close\r\n\r\n\
+              5\r\nhello\r\n0\r\nx-request-sum: 7\r\n\r\n",
+        )
+        .await
+        .expect("send");
+    let mut reply = String::new();
+    client.read_to_string(&mut reply).await.expect("reply");
+    let (head, body) = seen.await.expect("app");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\ntrailer: x-request-sum\r\n"),
+        "the app is told of the trailer:\n{head}"
+    );
+    assert!(
+        body.ends_with("0\r\nx-request-sum: 7\r\n\r\n"),
+        "the request trailer reaches the app:\n{body:?}"
+    );
+    assert!(
+        reply.ends_with("0\r\nx-response-sum: 42\r\n\r\n"),
+        "the response trailer reaches a client that sent TE: trailers:\n{reply:?}"
+    );
+}
+
+/// Sends a 2 MiB POST's head with `Expect: 100-continue` and no body; returns the
+/// first response head and how long it took.
+async fn expect_continue(addr: std::net::SocketAddr, length: usize) -> (String, Duration) {
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    client
+        .write_all(
+            format!(
+                "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: {length}\r\n\
+                 Expect: 100-continue\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send head");
+    let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut client))
+        .await
+        .expect("an answer to the head")
+        .expect("a head");
+    (head, started.elapsed())
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_by_the_app_not_the_sidecar() {
+    // The demo app refuses bodies over 1 MiB from the Content-Length alone.
+    let app = start_app(app_config());
+    let sidecar = Sidecar::new(app.addr).start().await;
+    wait_ready(sidecar.admin, 200).await;
+    for addr in [app.addr, sidecar.listen] {
+        let (head, _) = expect_continue(addr, 2 << 20).await;
+        assert!(
+            head.starts_with("HTTP/1.1 413"),
+            "refused before the body is sent ({addr}):\n{head}"
+        );
+        let (head, took) = expect_continue(addr, 16).await;
+        assert!(
+            head.starts_with("HTTP/1.1 100 Continue"),
+            "a body the app accepts is asked for ({addr}):\n{head}"
+        );
+        assert!(
+            took < Duration::from_millis(800),
+            "by the app at once, not by the sidecar's fallback after 1 s: {took:?}"
+        );
+    }
 }

@@ -14,6 +14,7 @@ use tokio::process::Command;
 pub(crate) struct Sidecar {
     args: Vec<String>,
     admin: String,
+    open_files: Option<u32>,
 }
 
 impl Sidecar {
@@ -24,7 +25,14 @@ impl Sidecar {
                 format!("--upstream={upstream}"),
             ],
             admin: "127.0.0.1:0".to_owned(),
+            open_files: None,
         }
+    }
+
+    /// Runs the sidecar under `ulimit -n limit`.
+    pub(crate) fn open_files(mut self, limit: u32) -> Self {
+        self.open_files = Some(limit);
+        self
     }
 
     /// Binds the admin port on `ip` (port 0) instead of loopback.
@@ -40,7 +48,18 @@ impl Sidecar {
 
     /// Starts the sidecar and waits until it has bound both ports.
     pub(crate) async fn start(self) -> Running {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lameduck-sidecar"));
+        let binary = env!("CARGO_BIN_EXE_lameduck-sidecar");
+        let mut command = match self.open_files {
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(binary);
+                shell
+            }
+            None => Command::new(binary),
+        };
         command
             .args(&self.args)
             .arg(format!("--admin={}", self.admin))
@@ -207,4 +226,19 @@ pub(crate) async fn exchange(
         stream.read_exact(&mut reply),
     );
     matches!(read.await, Ok(Ok(_))) && reply == expect
+}
+
+/// Reads an HTTP/1.1 head (up to the blank line) from `stream`; none if the peer
+/// closes first (the sidecar's TCP app check does).
+pub(crate) async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).ok()
 }

@@ -3,6 +3,7 @@
 
 mod grpc;
 mod protocols;
+mod reliability;
 mod support;
 mod system;
 
@@ -108,6 +109,7 @@ async fn drain_under_load_keeps_serving_through_the_delay_then_refuses() {
     let mut sidecar = Sidecar::new(app.addr)
         .arg(&format!("--shutdown-delay={}ms", DELAY.as_millis()))
         .arg("--drain-timeout=5s")
+        .arg("--ready-during-shutdown-delay=false")
         .start()
         .await;
     wait_ready(sidecar.admin, 200).await;

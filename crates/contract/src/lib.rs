@@ -28,22 +28,34 @@ pub mod env {
     pub const STARTUP_HOLD: &str = "LAMEDUCK_STARTUP_HOLD";
     /// How long to keep accepting once the drain starts.
     pub const SHUTDOWN_DELAY: &str = "LAMEDUCK_SHUTDOWN_DELAY";
+    /// Whether `/ready` stays 200 during the shutdown delay.
+    pub const READY_DURING_SHUTDOWN_DELAY: &str = "LAMEDUCK_READY_DURING_SHUTDOWN_DELAY";
     /// How long in-flight requests may take once the listener is closed.
     pub const DRAIN_TIMEOUT: &str = "LAMEDUCK_DRAIN_TIMEOUT";
     /// Bearer token that authorizes `/drain` from outside the pod.
     pub const DRAIN_TOKEN: &str = "LAMEDUCK_DRAIN_TOKEN";
     /// How long to wait for the scrape that carries the drain's outcome.
     pub const FINAL_SCRAPE_TIMEOUT: &str = "LAMEDUCK_FINAL_SCRAPE_TIMEOUT";
+    /// The pod's termination grace period (the injector sets it).
+    pub const GRACE_PERIOD: &str = "LAMEDUCK_GRACE_PERIOD";
     /// Idle timeout of pooled connections to the app.
     pub const UPSTREAM_IDLE_TIMEOUT: &str = "LAMEDUCK_UPSTREAM_IDLE_TIMEOUT";
     /// Connect timeout to the app.
     pub const UPSTREAM_CONNECT_TIMEOUT: &str = "LAMEDUCK_UPSTREAM_CONNECT_TIMEOUT";
     /// Time to the app's response headers.
     pub const UPSTREAM_TIMEOUT: &str = "LAMEDUCK_UPSTREAM_TIMEOUT";
+    /// HTTP/1.1 connections to the app open at most.
+    pub const UPSTREAM_MAX_CONNECTIONS: &str = "LAMEDUCK_UPSTREAM_MAX_CONNECTIONS";
     /// Time a client may take to send a request head.
     pub const HEADER_READ_TIMEOUT: &str = "LAMEDUCK_HEADER_READ_TIMEOUT";
     /// Downstream keep-alive idle timeout.
     pub const IDLE_TIMEOUT: &str = "LAMEDUCK_IDLE_TIMEOUT";
+    /// Longest pause in a client's request body.
+    pub const REQUEST_BODY_TIMEOUT: &str = "LAMEDUCK_REQUEST_BODY_TIMEOUT";
+    /// Longest time a client may leave the response unread.
+    pub const RESPONSE_SEND_TIMEOUT: &str = "LAMEDUCK_RESPONSE_SEND_TIMEOUT";
+    /// Client connections open at most (0: no limit).
+    pub const MAX_CONNECTIONS: &str = "LAMEDUCK_MAX_CONNECTIONS";
     /// Largest accepted request head.
     pub const MAX_HEADER_SIZE: &str = "LAMEDUCK_MAX_HEADER_SIZE";
     /// What the serving port speaks: `http` (HTTP/1.1 and HTTP/2) or `tcp` (layer 4).
@@ -61,17 +73,20 @@ pub mod env {
     pub const LOG: &str = "LAMEDUCK_LOG";
 
     /// The variables whose values are durations (the lab scales them).
-    pub const DURATIONS: [&str; 10] = [
+    pub const DURATIONS: [&str; 13] = [
         APP_CHECK_PERIOD,
         APP_CHECK_TIMEOUT,
         STARTUP_HOLD,
         SHUTDOWN_DELAY,
         DRAIN_TIMEOUT,
         FINAL_SCRAPE_TIMEOUT,
+        GRACE_PERIOD,
         UPSTREAM_IDLE_TIMEOUT,
         UPSTREAM_CONNECT_TIMEOUT,
         UPSTREAM_TIMEOUT,
         HEADER_READ_TIMEOUT,
+        REQUEST_BODY_TIMEOUT,
+        RESPONSE_SEND_TIMEOUT,
     ];
 }
 
@@ -103,14 +118,23 @@ pub mod defaults {
     pub const SHUTDOWN_DELAY: &str = "15s";
     /// How long in-flight requests may take once the listener is closed.
     pub const DRAIN_TIMEOUT: &str = "30s";
+    /// `/ready` stays 200 during the shutdown delay: a terminating endpoint is
+    /// `ready: false` in its EndpointSlice whatever the probe says, and staying
+    /// `serving` keeps kube-proxy's fallback to terminating endpoints.
+    pub const READY_DURING_SHUTDOWN_DELAY: bool = true;
     /// After the drain, how long to wait for one more scrape of `/metrics` before
     /// exiting, so the drain's outcome reaches Prometheus (skipped when nothing ever
     /// scraped). Covers the 30 s scrape interval common with prometheus-operator.
     pub const FINAL_SCRAPE_TIMEOUT: &str = "30s";
     /// Idle pooled upstream connections are dropped after this (below Node.js' 5 s).
     pub const UPSTREAM_IDLE_TIMEOUT: &str = "4s";
-    /// Connect timeout to the app.
-    pub const UPSTREAM_CONNECT_TIMEOUT: &str = "1s";
+    /// Connect timeout to the app: long enough to survive two dropped SYNs (Linux
+    /// retransmits after 1 s and 3 s), which is what a burst past the app's accept
+    /// backlog costs; Envoy's default is the same.
+    pub const UPSTREAM_CONNECT_TIMEOUT: &str = "5s";
+    /// HTTP/1.1 connections to the app open at most; further requests wait for one
+    /// (Envoy's default circuit-breaker limit is the same).
+    pub const UPSTREAM_MAX_CONNECTIONS: usize = 1024;
     /// Time to the app's response headers before answering 504.
     pub const UPSTREAM_TIMEOUT: &str = "60s";
     /// Time a client may take to send a request's headers, from its first byte.
@@ -118,6 +142,15 @@ pub mod defaults {
     /// Downstream keep-alive idle timeout: above every common proxy's upstream idle
     /// timeout (ingress-nginx 60 s, AWS ALB 60 s, GCLB 600 s), as Envoy's 1 h default is.
     pub const IDLE_TIMEOUT: &str = "1h";
+    /// Longest pause between two pieces of a request body before the sidecar answers
+    /// 408 (the client stalled, not the app); below the upstream timeout so that a
+    /// stalled upload is never reported as the app's 504.
+    pub const REQUEST_BODY_TIMEOUT: &str = "30s";
+    /// Longest a write to a client may stay blocked (the client reads nothing) before
+    /// the connection is closed, as nginx's `send_timeout`.
+    pub const RESPONSE_SEND_TIMEOUT: &str = "60s";
+    /// Client connections open at most; 0 means no limit (as Envoy and Linkerd).
+    pub const MAX_CONNECTIONS: usize = 0;
     /// Largest accepted request head in bytes; larger gets 431.
     pub const MAX_HEADER_SIZE: usize = 32 * 1024;
     /// The smallest accepted request-head limit (hyper's smallest read buffer).

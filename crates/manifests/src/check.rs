@@ -209,6 +209,20 @@ fn check_grace(pod: &Pod<'_>, drain_seconds: u64, finding: &mut Report<'_>) {
             ),
         );
     }
+    // The sidecar bounds its final-scrape wait by the grace period it was told of.
+    let told = pod
+        .sidecar
+        .and_then(|sidecar| workload::env_value(sidecar, env::GRACE_PERIOD))
+        .and_then(seconds);
+    if let Some(told) = told.filter(|told| *told > grace) {
+        finding(
+            "grace-period",
+            format!(
+                "the sidecar's {} is {told}s but terminationGracePeriodSeconds is {grace}: its wait for a final scrape can outlast the grace period (inject again)",
+                env::GRACE_PERIOD
+            ),
+        );
+    }
 }
 
 /// The sidecar's memory limit against the estimate for the pod's expected traffic
@@ -306,6 +320,23 @@ mod tests {
     fn grace_shorter_than_pre_stop_and_drain_is_found() {
         let yaml = "kind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 3\n  template:\n    spec:\n      terminationGracePeriodSeconds: 20\n      containers:\n      - name: a\n        ports: [{containerPort: 80}]\n        readinessProbe: {tcpSocket: {port: 80}}\n        lifecycle: {preStop: {exec: {command: [sh, -c, sleep 15]}}}\n";
         assert_eq!(rules(yaml), ["grace-period"]);
+    }
+
+    #[test]
+    fn a_grace_period_lowered_after_injection_is_found() {
+        let mut documents = parse_stream(
+            "t",
+            "kind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 3\n  template:\n    spec:\n      containers:\n      - name: a\n        ports: [{containerPort: 80}]\n        readinessProbe: {tcpSocket: {port: 80}}\n",
+        )
+        .expect("yaml");
+        crate::inject::inject(&mut documents, &crate::inject::Options::default()).expect("inject");
+        let injected = crate::stream::to_yaml(&documents).expect("yaml");
+        assert!(rules(&injected).is_empty(), "{injected}");
+        let lowered = injected.replace(
+            "terminationGracePeriodSeconds: 55",
+            "terminationGracePeriodSeconds: 50",
+        );
+        assert_eq!(rules(&lowered), ["grace-period"]);
     }
 
     #[test]

@@ -7,6 +7,10 @@ use std::time::Duration;
 use tokio::net::TcpSocket;
 use tokio::sync::oneshot;
 
+/// The app's accept backlog: what the demo-app binary gets from `TcpListener::bind`
+/// (the standard library's 128), as an untuned app has.
+pub const APP_BACKLOG: u32 = 128;
+
 /// A loopback port that is bound but not listening: connects are refused until
 /// [`Reserved::start_app`] turns it into the app's listener.
 #[derive(Debug)]
@@ -35,7 +39,7 @@ impl Reserved {
 
     /// Starts the demo app on this port; it stops when the handle is dropped.
     pub fn start_app(self, config: demo_app::Config) -> AppHandle {
-        let listener = self.socket.listen(1024).expect("listen");
+        let listener = self.socket.listen(APP_BACKLOG).expect("listen");
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = demo_app::serve(listener, config, async {

@@ -102,6 +102,17 @@ impl Process {
         status
     }
 
+    /// Its resident memory in KiB (`VmRSS` in `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("the process is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     /// Whether the process has exited (without waiting).
     pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
@@ -150,4 +161,18 @@ pub fn output_with_stdin(
         pipe.write_all(input).expect("writing stdin");
     }
     child.wait_with_output().expect("the command's output")
+}
+
+/// Raises this process's open-file limit to its hard limit and panics, naming both
+/// numbers, if that is still below `needed` (a burst test needs a socket per client).
+pub fn require_open_files(needed: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    }
+    assert!(
+        hard >= needed,
+        "this test needs {needed} open files; the hard limit is {hard} (raise it with ulimit -Hn)"
+    );
 }

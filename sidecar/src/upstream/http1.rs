@@ -1,4 +1,10 @@
-//! HTTP/1.1 to the app: a keep-alive pool with exact retry rules.
+//! HTTP/1.1 to the app: a bounded keep-alive pool with exact retry rules.
+//!
+//! At most `max_connections` connections to the app are open or opening. A request
+//! takes the most recently released idle connection; if there is none, it opens one
+//! while the limit allows, and otherwise waits in line for the first connection
+//! released or closed (counted in `lameduck_upstream_requests_waiting`). A burst of
+//! thousands of requests thus never sends the app more connects than it can accept.
 //!
 //! A request is sent again on a fresh connection only when nothing of it was written
 //! (hyper hands the request back), or when it is idempotent, has no body and failed on
@@ -8,6 +14,7 @@
 //! the app is seen to allow (an app that closes idle connections after 1 s gets its
 //! connections retired after 750 ms): that closes the keep-alive race from our side.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,10 +25,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{Body, UpstreamError, connect, empty};
+use super::{Body, Settings, UpstreamError, connect, empty};
 use crate::metrics::Metrics;
 
 /// The most attempts one request gets.
@@ -34,16 +42,38 @@ const MIN_IDLE_TIMEOUT: Duration = Duration::from_millis(100);
 pub(crate) struct Pool {
     addr: SocketAddr,
     connect_timeout: Duration,
-    idle_timeout: Duration,
     shared: Arc<Shared>,
-    idle: Mutex<Vec<Idle>>,
+    /// One permit per connection open or opening.
+    permits: Arc<Semaphore>,
+    idle: Mutex<Lent>,
     metrics: Metrics,
+}
+
+/// The connections nobody uses and the requests waiting for one, under one lock so
+/// that a released connection is never left idle while a request waits.
+#[derive(Debug, Default)]
+struct Lent {
+    idle: Vec<Idle>,
+    /// Requests waiting for a connection, oldest first.
+    waiting: VecDeque<oneshot::Sender<Lease>>,
+}
+
+/// Where a request's connection comes from.
+enum Source {
+    /// An idle connection, or one handed over by a request that finished.
+    Reused(Lease),
+    /// A permit to open a new one.
+    Open(OwnedSemaphorePermit),
+    /// Neither: wait for one of the two.
+    Wait(oneshot::Receiver<Lease>),
 }
 
 /// State the connection tasks report into.
 #[derive(Debug)]
 struct Shared {
     epoch: Instant,
+    /// The configured idle timeout.
+    idle_timeout: Duration,
     /// Shortest idle lifetime the app was seen to allow, in ms (`u64::MAX`: none seen).
     learned_idle_ms: AtomicU64,
 }
@@ -71,30 +101,9 @@ pub struct Lease {
     watch: Arc<ConnWatch>,
 }
 
-impl Pool {
-    /// A pool for the app at `addr`.
-    pub(crate) fn new(
-        addr: SocketAddr,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        metrics: Metrics,
-    ) -> Self {
-        Self {
-            addr,
-            connect_timeout,
-            idle_timeout,
-            shared: Arc::new(Shared {
-                epoch: Instant::now(),
-                learned_idle_ms: AtomicU64::new(u64::MAX),
-            }),
-            idle: Mutex::new(Vec::new()),
-            metrics,
-        }
-    }
-
-    /// The idle timeout in force: the configured one, or less if the app closes sooner.
-    pub(crate) fn effective_idle_timeout(&self) -> Duration {
-        let learned = self.shared.learned_idle_ms.load(Ordering::Relaxed);
+impl Shared {
+    fn effective_idle_timeout(&self) -> Duration {
+        let learned = self.learned_idle_ms.load(Ordering::Relaxed);
         if learned == u64::MAX {
             return self.idle_timeout;
         }
@@ -102,6 +111,33 @@ impl Pool {
         Duration::from_millis(learned)
             .saturating_sub(margin)
             .clamp(MIN_IDLE_TIMEOUT, self.idle_timeout)
+    }
+
+    fn ms_since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+}
+
+impl Pool {
+    /// A pool for the app at `addr`.
+    pub(crate) fn new(addr: SocketAddr, settings: Settings, metrics: Metrics) -> Self {
+        Self {
+            addr,
+            connect_timeout: settings.connect_timeout,
+            shared: Arc::new(Shared {
+                epoch: Instant::now(),
+                idle_timeout: settings.idle_timeout,
+                learned_idle_ms: AtomicU64::new(u64::MAX),
+            }),
+            permits: Arc::new(Semaphore::new(settings.max_connections)),
+            idle: Mutex::new(Lent::default()),
+            metrics,
+        }
+    }
+
+    /// The idle timeout in force: the configured one, or less if the app closes sooner.
+    pub(crate) fn effective_idle_timeout(&self) -> Duration {
+        self.shared.effective_idle_timeout()
     }
 
     /// Sends `request`, connecting as needed. While `hold_until` has not passed, refused
@@ -114,10 +150,7 @@ impl Pool {
         let replay = replayable(&request);
         let mut fresh_only = false;
         for attempt in 1..=MAX_ATTEMPTS {
-            let (mut lease, reused) = match self.checkout(fresh_only) {
-                Some(lease) => (lease, true),
-                None => (self.connect(hold_until).await?, false),
-            };
+            let (mut lease, reused) = self.lease(fresh_only, hold_until).await?;
             lease.watch.idle_since.store(0, Ordering::Release);
             match lease.sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, lease)),
@@ -157,35 +190,93 @@ impl Pool {
         })
     }
 
-    /// Returns a connection whose response has been read completely.
-    pub(crate) fn release(&self, lease: Lease) {
+    /// A connection for one request: reused, newly opened, or waited for. `fresh_only`
+    /// (a retry) takes only a new one.
+    async fn lease(
+        &self,
+        fresh_only: bool,
+        hold_until: Option<Instant>,
+    ) -> Result<(Lease, bool), UpstreamError> {
+        loop {
+            let receiver = match self.source(fresh_only) {
+                Source::Reused(lease) => return Ok((lease, true)),
+                Source::Open(permit) => {
+                    return Ok((self.connect(permit, hold_until).await?, false));
+                }
+                Source::Wait(receiver) => receiver,
+            };
+            let _waiting = Waiting::start(&self.metrics);
+            let permits = self.permits.clone();
+            // Never handed a connection (a retry waits for a permit only).
+            let handed = async { receiver.await.ok() };
+            tokio::select! {
+                Some(mut lease) = handed => {
+                    // Released a moment ago: wait for hyper to take the next request.
+                    if lease.sender.ready().await.is_ok() {
+                        return Ok((lease, true));
+                    }
+                }
+                permit = permits.acquire_owned() => {
+                    // The semaphore is never closed.
+                    let permit = permit.map_err(|_| UpstreamError::NotSent { attempts: 0 })?;
+                    return Ok((self.connect(permit, hold_until).await?, false));
+                }
+            }
+        }
+    }
+
+    fn source(&self, fresh_only: bool) -> Source {
+        let Ok(mut lent) = self.idle.lock() else {
+            // Poisoned only by a panic elsewhere: open a connection when one is free.
+            return Source::Wait(oneshot::channel().1);
+        };
+        if !fresh_only && let Some(lease) = self.checkout(&mut lent.idle) {
+            return Source::Reused(lease);
+        }
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Source::Open(permit);
+        }
+        let (sender, receiver) = oneshot::channel();
+        if !fresh_only {
+            lent.waiting.push_back(sender);
+        }
+        Source::Wait(receiver)
+    }
+
+    /// Returns a connection whose response has been read completely: to the request
+    /// that has waited longest, or to the idle list.
+    pub(crate) fn release(&self, mut lease: Lease) {
         if lease.sender.is_closed() {
             return;
+        }
+        let Ok(mut lent) = self.idle.lock() else {
+            return;
+        };
+        while let Some(waiter) = lent.waiting.pop_front() {
+            match waiter.send(lease) {
+                Ok(()) => return,
+                // That request gave up or got a new connection meanwhile.
+                Err(back) => lease = back,
+            }
         }
         let now = Instant::now();
         lease
             .watch
             .idle_since
             .store(self.ms_since_epoch(now) + 1, Ordering::Release);
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(Idle {
-                sender: lease.sender,
-                watch: lease.watch,
-                since: now,
-            });
-        }
+        lent.idle.push(Idle {
+            sender: lease.sender,
+            watch: lease.watch,
+            since: now,
+        });
     }
 
     fn ms_since_epoch(&self, at: Instant) -> u64 {
         u64::try_from(at.duration_since(self.shared.epoch).as_millis()).unwrap_or(u64::MAX - 1)
     }
 
-    fn checkout(&self, fresh_only: bool) -> Option<Lease> {
-        if fresh_only {
-            return None;
-        }
+    fn checkout(&self, idle: &mut Vec<Idle>) -> Option<Lease> {
         let max_idle = self.effective_idle_timeout();
-        let mut idle = self.idle.lock().ok()?;
         while let Some(candidate) = idle.pop() {
             if candidate.since.elapsed() >= max_idle {
                 // Everything below is older still: retire it all.
@@ -207,12 +298,20 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, hold_until: Option<Instant>) -> Result<Lease, UpstreamError> {
+    async fn connect(
+        &self,
+        permit: OwnedSemaphorePermit,
+        hold_until: Option<Instant>,
+    ) -> Result<Lease, UpstreamError> {
         let stream = connect(self.addr, self.connect_timeout, hold_until, &self.metrics).await?;
-        self.handshake(stream).await
+        self.handshake(stream, permit).await
     }
 
-    async fn handshake(&self, stream: TcpStream) -> Result<Lease, UpstreamError> {
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Lease, UpstreamError> {
         let (sender, connection) = http1::Builder::new()
             .preserve_header_case(true)
             .handshake::<_, Body>(TokioIo::new(stream))
@@ -224,13 +323,36 @@ impl Pool {
         });
         let task_watch = watch.clone();
         let shared = self.shared.clone();
+        let open = self.metrics.upstream_connections_open.clone();
+        open.inc();
         tokio::spawn(async move {
-            let result = connection.with_upgrades().await;
+            let mut connection = std::pin::pin!(connection.with_upgrades());
+            // Closes the connection once it has been idle past the idle timeout,
+            // checked every timeout: nobody else would (the app may keep it for
+            // minutes) and each one holds hyper's buffers. A request that takes it
+            // meanwhile finds it closed and goes again on a new one, unsent.
+            let result = loop {
+                let timeout = shared.effective_idle_timeout();
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    () = tokio::time::sleep(timeout) => {
+                        let idle_since = task_watch.idle_since.load(Ordering::Acquire);
+                        let idle_ms = shared.ms_since_epoch().saturating_sub(idle_since.saturating_sub(1));
+                        if idle_since != 0 && Duration::from_millis(idle_ms) >= timeout {
+                            task_watch.retired.store(true, Ordering::Release);
+                            break Ok(());
+                        }
+                    }
+                }
+            };
+            open.dec();
+            // The connection is gone (or became a tunnel): a waiting request may open one.
+            drop(permit);
             let idle_since = task_watch.idle_since.load(Ordering::Acquire);
             let retired = task_watch.retired.load(Ordering::Acquire);
             if result.is_ok() && idle_since != 0 && !retired {
                 // The app closed a connection that was idle: learn how long it allows.
-                let now = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let now = shared.ms_since_epoch();
                 let lifetime = now.saturating_sub(idle_since - 1);
                 shared
                     .learned_idle_ms
@@ -238,6 +360,22 @@ impl Pool {
             }
         });
         Ok(Lease { sender, watch })
+    }
+}
+
+/// A request waiting for a connection, counted while it waits.
+struct Waiting(prometheus::IntGauge);
+
+impl Waiting {
+    fn start(metrics: &Metrics) -> Self {
+        metrics.upstream_requests_waiting.inc();
+        Self(metrics.upstream_requests_waiting.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -307,6 +445,28 @@ mod tests {
         addr
     }
 
+    fn settings(idle_timeout: Duration, max_connections: usize) -> Settings {
+        Settings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout,
+            max_connections,
+        }
+    }
+
+    impl Pool {
+        /// Takes every idle connection that would still be lent (expired ones are
+        /// retired) and counts them.
+        fn take_lendable(&self) -> usize {
+            let mut lent = self.idle.lock().expect("lock");
+            let mut count = 0;
+            while let Some(lease) = self.checkout(&mut lent.idle) {
+                count += 1;
+                drop(lease);
+            }
+            count
+        }
+    }
+
     fn request() -> Request<Body> {
         let mut request = Request::new(empty());
         *request.method_mut() = Method::POST;
@@ -320,12 +480,7 @@ mod tests {
     async fn the_pool_learns_the_apps_idle_timeout_and_retires_connections_before_it() {
         let addr = closing_server(Duration::from_millis(400)).await;
         let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
-        let upstream = Pool::new(
-            addr,
-            Duration::from_secs(1),
-            Duration::from_secs(4),
-            metrics,
-        );
+        let upstream = Pool::new(addr, settings(Duration::from_secs(4), 16), metrics);
         assert_eq!(upstream.effective_idle_timeout(), Duration::from_secs(4));
 
         let (response, lease) = upstream.send(request(), None).await.expect("first request");
@@ -347,7 +502,7 @@ mod tests {
         upstream.release(lease);
         tokio::time::sleep(learned + Duration::from_millis(20)).await;
         assert!(
-            upstream.checkout(false).is_none(),
+            upstream.take_lendable() == 0,
             "an expired connection must not be lent"
         );
     }
@@ -356,23 +511,87 @@ mod tests {
     async fn connections_the_pool_retires_teach_it_nothing() {
         let addr = closing_server(Duration::from_secs(30)).await;
         let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
-        let upstream = Pool::new(
-            addr,
-            Duration::from_secs(1),
-            Duration::from_millis(200),
-            metrics,
-        );
+        let upstream = Pool::new(addr, settings(Duration::from_millis(200), 16), metrics);
         let (response, lease) = upstream.send(request(), None).await.expect("request");
         response.into_body().collect().await.expect("body");
         upstream.release(lease);
         // Retired just after it expired, as under load: 3/4 of that lifetime would be
         // below the configured timeout, so learning from it would start a spiral.
         tokio::time::sleep(Duration::from_millis(210)).await;
-        assert!(upstream.checkout(false).is_none(), "retired after 200 ms");
+        assert!(upstream.take_lendable() == 0, "retired after 200 ms");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
             upstream.effective_idle_timeout(),
             Duration::from_millis(200)
+        );
+    }
+
+    /// A server that answers each request after `delay` and counts its connections.
+    async fn slow_server(delay: Duration) -> (SocketAddr, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                        tokio::time::sleep(delay).await;
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_connection_limit_wait_for_a_released_connection() {
+        let (addr, accepted) = slow_server(Duration::from_millis(300)).await;
+        let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
+        let upstream = Arc::new(Pool::new(
+            addr,
+            settings(Duration::from_secs(4), 2),
+            metrics.clone(),
+        ));
+        let sends: Vec<_> = (0..5)
+            .map(|_| {
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let (response, lease) = upstream.send(request(), None).await?;
+                    let status = response.status();
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(UpstreamError::Request)?;
+                    upstream.release(lease);
+                    Ok::<_, UpstreamError>(status)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            metrics.upstream_requests_waiting.get(),
+            3,
+            "two sent, three in line"
+        );
+        assert_eq!(metrics.upstream_connections_open.get(), 2);
+        for send in sends {
+            assert_eq!(send.await.expect("task").expect("answered"), 200);
+        }
+        assert_eq!(metrics.upstream_requests_waiting.get(), 0);
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            2,
+            "the waiting requests reused the two connections"
         );
     }
 
@@ -384,12 +603,7 @@ mod tests {
             .expect("bind");
         let addr = reserved.local_addr().expect("addr");
         let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
-        let upstream = Pool::new(
-            addr,
-            Duration::from_secs(1),
-            Duration::from_secs(4),
-            metrics.clone(),
-        );
+        let upstream = Pool::new(addr, settings(Duration::from_secs(4), 16), metrics.clone());
         let refused = upstream
             .send(request(), None)
             .await

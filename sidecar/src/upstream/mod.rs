@@ -28,6 +28,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every request and response the proxy handles.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
+/// `EMFILE` and `ENFILE` on Linux: the process's or the system's open-file limit.
+const OUT_OF_FILES: [i32; 2] = [24, 23];
+
 /// Pause between connection attempts while the app is starting.
 const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -40,6 +43,15 @@ pub enum UpstreamError {
         /// The app's address.
         addr: SocketAddr,
         /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sidecar itself is out of file descriptors (its own fault, not the app's).
+    #[error("no file descriptor left to connect to the app at {addr}")]
+    OutOfFiles {
+        /// The app's address.
+        addr: SocketAddr,
+        /// The socket error (EMFILE or ENFILE).
         #[source]
         source: std::io::Error,
     },
@@ -63,6 +75,17 @@ pub enum UpstreamError {
     },
 }
 
+/// How the sidecar connects to the app.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Pooled HTTP/1.1 connections idle longer than this are not reused.
+    pub idle_timeout: Duration,
+    /// HTTP/1.1 connections open or opening at most; further requests wait in line.
+    pub max_connections: usize,
+}
+
 /// The app, reached over HTTP/1.1 or HTTP/2 as each request needs.
 #[derive(Debug)]
 pub struct Upstream {
@@ -72,15 +95,10 @@ pub struct Upstream {
 
 impl Upstream {
     /// The pools for the app at `addr`.
-    pub fn new(
-        addr: SocketAddr,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(addr: SocketAddr, settings: Settings, metrics: Metrics) -> Self {
         Self {
-            http1: http1::Pool::new(addr, connect_timeout, idle_timeout, metrics.clone()),
-            h2: h2::Pool::new(addr, connect_timeout, metrics),
+            http1: http1::Pool::new(addr, settings, metrics.clone()),
+            h2: h2::Pool::new(addr, settings.connect_timeout, metrics),
         }
     }
 
@@ -128,6 +146,14 @@ pub(crate) async fn connect(
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 return Ok(stream);
+            }
+            Ok(Err(source))
+                if source
+                    .raw_os_error()
+                    .is_some_and(|code| OUT_OF_FILES.contains(&code)) =>
+            {
+                // Not the app's failure: the connect never left this process.
+                return Err(UpstreamError::OutOfFiles { addr, source });
             }
             Ok(Err(source)) => UpstreamError::Connect { addr, source },
             Err(_) => UpstreamError::ConnectTimeout { addr },

@@ -120,6 +120,9 @@ impl Resources {
     }
 }
 
+/// Kinds whose pods run to completion: only a native sidecar lets them finish.
+const RUN_TO_COMPLETION: [&str; 2] = ["Job", "CronJob"];
+
 /// Where the sidecar runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -339,6 +342,17 @@ pub fn inject(documents: &mut [Value], options: &Options) -> Result<Report, Inje
         }
         let at = Located::new(document, object);
         match pod::inject(object, &at, options, &services)? {
+            pod::Outcome::Injected(..)
+                if options.mode == Mode::Classic
+                    && RUN_TO_COMPLETION.contains(&at.kind.as_str()) =>
+            {
+                return Err(at.error(
+                    at.paths.spec,
+                    "--mode classic cannot be used here: a regular sidecar container never \
+                     exits, so the Job would never complete; use the native sidecar \
+                     (--mode native, Kubernetes 1.29 or later)",
+                ));
+            }
             pod::Outcome::Injected(injected, ports) => {
                 pods.injected.push(injected);
                 chosen.push(Chosen {
@@ -408,6 +422,33 @@ fn map_at(object: &Value, pointer: &str) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_gets_a_native_sidecar_and_classic_mode_refuses_it() {
+        for kind in RUN_TO_COMPLETION {
+            let spec = serde_json::json!({
+                "containers": [{"name": "app", "ports": [{"containerPort": 8080}]}],
+                "restartPolicy": "Never",
+            });
+            let object = if kind == "Job" {
+                serde_json::json!({"kind": kind, "metadata": {"name": "j"},
+                    "spec": {"template": {"spec": spec}}})
+            } else {
+                serde_json::json!({"kind": kind, "metadata": {"name": "j"},
+                    "spec": {"jobTemplate": {"spec": {"template": {"spec": spec}}}}})
+            };
+            let mut native = vec![object.clone()];
+            let report = inject(&mut native, &Options::default()).expect("native");
+            assert_eq!(report.chosen.len(), 1, "{kind} injected");
+            let classic = Options {
+                mode: Mode::Classic,
+                ..Options::default()
+            };
+            let error = inject(&mut [object], &classic).expect_err("classic refused");
+            assert!(error.message.contains("never complete"), "{error}");
+            assert_eq!(error.kind, kind);
+        }
+    }
 
     #[test]
     fn the_shared_defaults_parse() {

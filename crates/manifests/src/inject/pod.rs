@@ -399,6 +399,7 @@ fn rewrite_spec(spec: &mut Value, app: &App, settings: &Settings, options: &Opti
                 app_check: &app.check,
                 shutdown_delay: settings.shutdown_delay,
                 drain_timeout: settings.drain_timeout,
+                grace_period: Duration::from_secs(current.max(needed)),
             },
         );
         add_sidecar(map, sidecar, options.mode);

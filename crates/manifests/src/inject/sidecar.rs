@@ -28,6 +28,9 @@ pub(super) struct Wiring<'a> {
     pub(super) app_check: &'a str,
     pub(super) shutdown_delay: Duration,
     pub(super) drain_timeout: Duration,
+    /// The pod's grace period once injected: the sidecar's final-scrape wait ends
+    /// before it does.
+    pub(super) grace_period: Duration,
 }
 
 fn seconds_text(d: Duration) -> String {
@@ -77,6 +80,7 @@ pub(super) fn container(options: &Options, wiring: &Wiring<'_>) -> Value {
         var(env::APP_CHECK, wiring.app_check.to_owned()),
         var(env::SHUTDOWN_DELAY, seconds_text(wiring.shutdown_delay)),
         var(env::DRAIN_TIMEOUT, seconds_text(wiring.drain_timeout)),
+        var(env::GRACE_PERIOD, seconds_text(wiring.grace_period)),
         var(env::DRAIN_TOKEN, wiring.token.to_owned()),
     ]);
     let mut container = json!({
