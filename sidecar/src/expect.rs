@@ -86,7 +86,7 @@ pub(crate) fn gate(request: &mut Request<Body>) -> Arc<Gate> {
     *request.body_mut() = Gated {
         inner: body,
         gate: gate.clone(),
-        timer: Box::pin(tokio::time::sleep(WAIT_FOR_APP)),
+        timer: None,
     }
     .boxed_unsync();
     gate
@@ -96,7 +96,9 @@ pub(crate) fn gate(request: &mut Request<Body>) -> Arc<Gate> {
 struct Gated {
     inner: Body,
     gate: Arc<Gate>,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Started when the app's connection first asks for the body (after any hold
+    /// for a starting app), not when the request arrived.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// The error that ends a body the app never asked for.
@@ -123,7 +125,10 @@ impl HttpBody for Gated {
             if this.gate.state.load(Ordering::Acquire) != WAITING {
                 continue;
             }
-            if this.timer.as_mut().poll(cx).is_ready() {
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(WAIT_FOR_APP)));
+            if timer.as_mut().poll(cx).is_ready() {
                 this.gate.open();
                 continue;
             }
@@ -161,9 +166,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_app_that_never_asks_gets_the_body_after_a_second() {
+    async fn an_app_that_never_asks_gets_the_body_a_second_after_asking_for_it() {
         let mut request = with_body();
         let _gate = gate(&mut request);
+        // A hold for a starting app does not count against the wait.
+        tokio::time::sleep(Duration::from_secs(5)).await;
         let started = tokio::time::Instant::now();
         let frame = request.into_body().frame().await.expect("frame");
         assert!(frame.is_ok());

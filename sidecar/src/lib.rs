@@ -19,8 +19,10 @@
 //! Where things are: `lifecycle` (the phases and what each means), `drain` (the drain
 //! and exit sequences), `signal`, `config`, `metrics`; the serving port is `server`
 //! (accept) → `connection` (one client connection, with its `watchdog`) → `proxy`
-//! (one request) → `upstream` (the pool to the app), sharing one `context`; the admin
-//! port is `admin`, the readiness gate `app_check`; TCP mode is `tcp`.
+//! (one request; its body is `request_body`, `Expect: 100-continue` is `expect`) →
+//! `upstream` (the pool to the app), sharing one `context`; the admin port is
+//! `admin`, the readiness gate `app_check`; TCP mode is `tcp`; warnings a client can
+//! cause are limited by `log_limit`.
 
 pub mod config;
 pub mod drain;

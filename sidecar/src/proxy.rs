@@ -633,7 +633,8 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if !self.answered {
+        // Dropped unanswered: the client went away, unless the drain timeout cut it.
+        if !self.answered && !self.context.cut.is_cancelled() {
             self.cancelled(crate::metrics::CANCELLED_BEFORE_RESPONSE);
         }
         self.context.metrics.requests_in_flight.dec();
