@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -61,11 +61,22 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         tokio::spawn(async move {
             // Set when this connection served a scrape that carries the drain's outcome.
             let final_scrape = Arc::new(AtomicBool::new(false));
+            // Counts this connection's `/drain` answers until the connection ends.
+            let drain_answers = Arc::new(AtomicUsize::new(0));
             let service = {
-                let (admin, final_scrape) = (admin.clone(), final_scrape.clone());
+                let (admin, final_scrape, answers) =
+                    (admin.clone(), final_scrape.clone(), drain_answers.clone());
                 service_fn(move |request| {
-                    let (admin, final_scrape) = (admin.clone(), final_scrape.clone());
-                    async move { Ok::<_, Infallible>(admin.handle(request, peer, &final_scrape).await) }
+                    let (admin, final_scrape, answers) =
+                        (admin.clone(), final_scrape.clone(), answers.clone());
+                    async move {
+                        let connection = Connection {
+                            peer,
+                            final_scrape: &final_scrape,
+                            drain_answers: &answers,
+                        };
+                        Ok::<_, Infallible>(admin.handle(request, &connection).await)
+                    }
                 })
             };
             let result = http1::Builder::new()
@@ -76,21 +87,33 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
             if let Err(error) = result {
                 debug!(%error, "admin connection ended with an error");
             }
-            // Only now is that response written out: the process may exit.
+            // Only now are those responses written out: the process may exit.
             if final_scrape.load(Ordering::Acquire) {
                 admin.lifecycle.record_scrape(true);
             }
+            for _ in 0..drain_answers.load(Ordering::Acquire) {
+                admin.lifecycle.drain_answer_written();
+            }
         });
     }
+}
+
+/// One admin connection: its peer, and what the end of the connection must report.
+struct Connection<'a> {
+    peer: SocketAddr,
+    /// This connection served a scrape that carries the drain's outcome.
+    final_scrape: &'a AtomicBool,
+    /// `/drain` answers this connection owes or has sent.
+    drain_answers: &'a AtomicUsize,
 }
 
 impl Admin {
     async fn handle(
         &self,
         request: Request<Incoming>,
-        peer: SocketAddr,
-        final_scrape: &AtomicBool,
+        connection: &Connection<'_>,
     ) -> Response<Full<Bytes>> {
+        let (peer, final_scrape) = (connection.peer, connection.final_scrape);
         let method = request.method().clone();
         match (request.uri().path(), method) {
             (READY, Method::GET | Method::HEAD) => {
@@ -130,7 +153,17 @@ impl Admin {
                 }
                 response
             }
-            (DRAIN, Method::GET | Method::POST) => self.drain(&request, peer).await,
+            (DRAIN, Method::GET | Method::POST) => {
+                // Owed until the connection ends: the process must not exit before
+                // the answer has left (see `drain::exit`).
+                self.lifecycle.drain_answer_owed();
+                connection.drain_answers.fetch_add(1, Ordering::AcqRel);
+                let mut response = self.drain(&request, peer).await;
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                response
+            }
             (READY | LIVE | METRICS | DRAIN, _) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed\n".to_owned(),

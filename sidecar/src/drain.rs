@@ -11,7 +11,9 @@
 //! 2. A drain started by `/drain` that finishes first keeps the process up (the admin
 //!    port answers, `/ready` is 503) until a signal: in a native-sidecar pod the
 //!    kubelet sends it once the app has exited.
-//! 3. After the drain, one more scrape of `/metrics` is waited for, so that the
+//! 3. After the drain, every `/drain` caller gets its answer first (a classic
+//!    sidecar receives SIGTERM while the app's preStop waits on `/drain`).
+//! 4. After the drain, one more scrape of `/metrics` is waited for, so that the
 //!    outcome reaches Prometheus (bounded by the final scrape timeout and by what the
 //!    pod's grace period has left, skipped when nobody scrapes, cut short by a
 //!    signal).
@@ -78,6 +80,9 @@ fn outcome(joined: Result<DrainOutcome, tokio::task::JoinError>) -> DrainOutcome
     })
 }
 
+/// The longest the exit waits for `/drain` answers to be written out.
+const DRAIN_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
 /// What the grace period must keep after the final-scrape wait: the kubelet's own
 /// latency between the pod's deletion and the drain's trigger, and the exit.
 const GRACE_MARGIN: Duration = Duration::from_secs(2);
@@ -138,6 +143,14 @@ pub async fn exit(
         info!(signal = signal.as_str(), "signal received after the drain");
     }
     let outcome = lifecycle.drained().await;
+    // A `/drain` caller (a classic sidecar's preStop) gets its answer before we go.
+    let answered = tokio::time::timeout(DRAIN_ANSWER_WAIT, lifecycle.drain_answers_written());
+    if answered.await.is_err() {
+        warn!(
+            ?DRAIN_ANSWER_WAIT,
+            "a /drain answer was not written out in time, exiting"
+        );
+    }
     let wait = final_scrape.wait(lifecycle.drain_triggered_at(), Instant::now());
     wait_for_final_scrape(lifecycle, wait, signals).await;
     Exit::Drained(outcome)

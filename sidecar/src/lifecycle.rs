@@ -168,6 +168,8 @@ struct Inner {
     scraped: AtomicBool,
     /// A scrape has seen the drain's outcome.
     outcome_scraped: watch::Sender<bool>,
+    /// `/drain` requests whose answer has not been written out yet.
+    drain_answers: watch::Sender<usize>,
 }
 
 impl Default for Lifecycle {
@@ -188,6 +190,7 @@ impl Lifecycle {
                 outcome: watch::channel(None).0,
                 scraped: AtomicBool::new(false),
                 outcome_scraped: watch::channel(false).0,
+                drain_answers: watch::channel(0).0,
             }),
         }
     }
@@ -307,6 +310,26 @@ impl Lifecycle {
         if delivered_outcome {
             self.inner.outcome_scraped.send_replace(true);
         }
+    }
+
+    /// A `/drain` request is waiting for the drain (its answer is owed).
+    pub fn drain_answer_owed(&self) {
+        self.inner.drain_answers.send_modify(|n| *n += 1);
+    }
+
+    /// A `/drain` answer has been written out (or its client went away).
+    pub fn drain_answer_written(&self) {
+        self.inner
+            .drain_answers
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// Waits until every `/drain` request has had its answer: a classic sidecar gets
+    /// SIGTERM while the app's preStop waits on `/drain`, and exiting first would
+    /// fail that hook.
+    pub async fn drain_answers_written(&self) {
+        let mut owed = self.inner.drain_answers.subscribe();
+        let _ = owed.wait_for(|n| *n == 0).await;
     }
 
     /// Whether `/metrics` has ever been scraped.

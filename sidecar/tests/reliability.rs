@@ -690,3 +690,27 @@ async fn memory_taken_by_5000_connections_is_given_back_when_they_close() {
         "RSS idle {idle} KiB, with {CONNECTIONS} connections {peak} KiB, after they closed {after} KiB"
     );
 }
+
+#[tokio::test]
+async fn a_drain_request_racing_the_signal_gets_its_answer_before_the_exit() {
+    // A classic sidecar: the kubelet sends SIGTERM to the sidecar while the app's
+    // preStop waits on /drain. The answer must leave before the process does.
+    for round in 0..10 {
+        let app = start_app(app_config());
+        let mut sidecar = Sidecar::new(app.addr)
+            .arg("--shutdown-delay=0s")
+            .start()
+            .await;
+        wait_ready(sidecar.admin, 200).await;
+        let admin = sidecar.admin;
+        let pre_stop = tokio::spawn(async move { request(admin, "GET", "/drain").await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        sidecar.signal("TERM");
+        let answer = pre_stop.await.expect("task");
+        assert!(
+            answer.as_ref().is_ok_and(|reply| reply.status == 200),
+            "round {round}: the preStop's /drain got {answer:?}"
+        );
+        assert!(sidecar.wait().await.success());
+    }
+}
