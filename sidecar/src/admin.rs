@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -61,19 +61,20 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         tokio::spawn(async move {
             // Set when this connection served a scrape that carries the drain's outcome.
             let final_scrape = Arc::new(AtomicBool::new(false));
-            // Counts this connection's `/drain` answers until the connection ends.
-            let drain_answers = Arc::new(AtomicUsize::new(0));
+            // Set when this connection owes a `/drain` answer (at most one: it closes
+            // the connection).
+            let drain_answer = Arc::new(AtomicBool::new(false));
             let service = {
-                let (admin, final_scrape, answers) =
-                    (admin.clone(), final_scrape.clone(), drain_answers.clone());
+                let (admin, final_scrape, answer) =
+                    (admin.clone(), final_scrape.clone(), drain_answer.clone());
                 service_fn(move |request| {
-                    let (admin, final_scrape, answers) =
-                        (admin.clone(), final_scrape.clone(), answers.clone());
+                    let (admin, final_scrape, answer) =
+                        (admin.clone(), final_scrape.clone(), answer.clone());
                     async move {
                         let connection = Connection {
                             peer,
                             final_scrape: &final_scrape,
-                            drain_answers: &answers,
+                            drain_answer: &answer,
                         };
                         Ok::<_, Infallible>(admin.handle(request, &connection).await)
                     }
@@ -91,7 +92,7 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
             if final_scrape.load(Ordering::Acquire) {
                 admin.lifecycle.record_scrape(true);
             }
-            for _ in 0..drain_answers.load(Ordering::Acquire) {
+            if drain_answer.load(Ordering::Acquire) {
                 admin.lifecycle.drain_answer_written();
             }
         });
@@ -103,8 +104,8 @@ struct Connection<'a> {
     peer: SocketAddr,
     /// This connection served a scrape that carries the drain's outcome.
     final_scrape: &'a AtomicBool,
-    /// `/drain` answers this connection owes or has sent.
-    drain_answers: &'a AtomicUsize,
+    /// This connection owes (or has sent) a `/drain` answer.
+    drain_answer: &'a AtomicBool,
 }
 
 impl Admin {
@@ -156,8 +157,9 @@ impl Admin {
             (DRAIN, Method::GET | Method::POST) => {
                 // Owed until the connection ends: the process must not exit before
                 // the answer has left (see `drain::exit`).
-                self.lifecycle.drain_answer_owed();
-                connection.drain_answers.fetch_add(1, Ordering::AcqRel);
+                if !connection.drain_answer.swap(true, Ordering::AcqRel) {
+                    self.lifecycle.drain_answer_owed();
+                }
                 let mut response = self.drain(&request, peer).await;
                 response
                     .headers_mut()

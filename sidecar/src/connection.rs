@@ -445,7 +445,6 @@ where
             .next_deadline(&timeouts, park)
             .filter(|d| !(closing && matches!(d, Deadline::Idle(_))));
         let wake_at = deadline.map_or_else(|| Instant::now() + config.idle_timeout, Deadline::at);
-        let wake_at = hard_close_at.map_or(wake_at, |hard| hard.min(wake_at));
         tokio::select! {
             _ = tokio::time::sleep_until(hard_close_at.unwrap_or(wake_at)), if hard_close_at.is_some() => {
                 return Driven::Ended;

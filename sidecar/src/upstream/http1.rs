@@ -113,8 +113,15 @@ impl Shared {
             .clamp(MIN_IDLE_TIMEOUT, self.idle_timeout)
     }
 
-    fn ms_since_epoch(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    /// `at` as ms since the epoch, the unit of `ConnWatch::idle_since`.
+    fn ms_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// How long a connection has been idle, from its `idle_since` mark; none while busy.
+    fn idle_for(&self, idle_since: u64) -> Option<Duration> {
+        let now = self.ms_since_epoch(Instant::now());
+        (idle_since != 0).then(|| Duration::from_millis(now.saturating_sub(idle_since - 1)))
     }
 }
 
@@ -263,16 +270,12 @@ impl Pool {
         lease
             .watch
             .idle_since
-            .store(self.ms_since_epoch(now) + 1, Ordering::Release);
+            .store(self.shared.ms_since_epoch(now) + 1, Ordering::Release);
         lent.idle.push(Idle {
             sender: lease.sender,
             watch: lease.watch,
             since: now,
         });
-    }
-
-    fn ms_since_epoch(&self, at: Instant) -> u64 {
-        u64::try_from(at.duration_since(self.shared.epoch).as_millis()).unwrap_or(u64::MAX - 1)
     }
 
     fn checkout(&self, idle: &mut Vec<Idle>) -> Option<Lease> {
@@ -337,8 +340,7 @@ impl Pool {
                     result = connection.as_mut() => break result,
                     () = tokio::time::sleep(timeout) => {
                         let idle_since = task_watch.idle_since.load(Ordering::Acquire);
-                        let idle_ms = shared.ms_since_epoch().saturating_sub(idle_since.saturating_sub(1));
-                        if idle_since != 0 && Duration::from_millis(idle_ms) >= timeout {
+                        if shared.idle_for(idle_since).is_some_and(|idle| idle >= timeout) {
                             task_watch.retired.store(true, Ordering::Release);
                             break Ok(());
                         }
@@ -350,10 +352,12 @@ impl Pool {
             drop(permit);
             let idle_since = task_watch.idle_since.load(Ordering::Acquire);
             let retired = task_watch.retired.load(Ordering::Acquire);
-            if result.is_ok() && idle_since != 0 && !retired {
+            if let Some(lifetime) = shared
+                .idle_for(idle_since)
+                .filter(|_| result.is_ok() && !retired)
+            {
                 // The app closed a connection that was idle: learn how long it allows.
-                let now = shared.ms_since_epoch();
-                let lifetime = now.saturating_sub(idle_since - 1);
+                let lifetime = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
                 shared
                     .learned_idle_ms
                     .fetch_min(lifetime, Ordering::Relaxed);
