@@ -278,8 +278,9 @@ fn service(
     > + Send,
 > + Clone
 + Unpin {
+    let peer = crate::proxy::Peer::new(peer);
     service_fn(move |request| {
-        let handled = context.clone().handle(request, peer, state.clone());
+        let handled = context.clone().handle(request, peer.clone(), state.clone());
         async move { Ok::<_, std::convert::Infallible>(handled.await) }
     })
 }
@@ -407,6 +408,11 @@ enum Driven {
 }
 
 /// Runs a connection next to its watchdog and the phase.
+///
+/// The futures it waits on besides the connection live as long as it does, and its
+/// one timer is set lazily: never later than the next deadline, but left where it is
+/// when a deadline moves later (it then fires early, and is set again). The events
+/// of a busy connection's requests thus neither wake this task nor touch the timer.
 async fn drive<C>(
     mut connection: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
@@ -424,6 +430,9 @@ where
         idle: config.idle_timeout,
         send: config.response_send_timeout,
     };
+    state.set_deadline_hints(&timeouts, park_after);
+    // With nothing due, the timer looks again this soon (a request in flight).
+    let recheck = park_after.map_or(config.idle_timeout, |park| park.min(config.idle_timeout));
     let mut phase = context.lifecycle.watch_phase();
     let shuts_down = |p: crate::lifecycle::Phase| p.shuts_down(h2);
     let mut closing = false;
@@ -431,7 +440,6 @@ where
     let mut hard_close_at: Option<Instant> = None;
     let mut app_goaways = context.app_goaways.clone();
     app_goaways.borrow_and_update();
-    let mut relay = h2;
     let accepted_in = *phase.borrow_and_update();
     // Set while a connection accepted during the shutdown delay awaits its first request.
     let goaway_after_first_request = h2 && accepted_in.h2_goaway_after_first_request();
@@ -439,47 +447,81 @@ where
         graceful(connection.as_mut());
         closing = true;
     }
-    loop {
-        let park = park_after.filter(|_| !closing);
-        let deadline = state
-            .next_deadline(&timeouts, park)
-            .filter(|d| !(closing && matches!(d, Deadline::Idle(_))));
-        let wake_at = deadline.map_or_else(|| Instant::now() + config.idle_timeout, Deadline::at);
-        tokio::select! {
-            _ = tokio::time::sleep_until(hard_close_at.unwrap_or(wake_at)), if hard_close_at.is_some() => {
-                return Driven::Ended;
+    let mut shutdown = std::pin::pin!(async {
+        loop {
+            if phase.changed().await.is_err() || shuts_down(*phase.borrow_and_update()) {
+                return;
             }
+        }
+    });
+    // Only HTTP/2 clients hear of the app's GOAWAYs; ends when the app sends one.
+    let mut app_goaway = std::pin::pin!(async {
+        if h2 && app_goaways.changed().await.is_ok() {
+            return;
+        }
+        std::future::pending::<()>().await;
+    });
+    let mut cut = std::pin::pin!(context.cut.cancelled());
+    let mut woken = std::pin::pin!(state.wake.notified());
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+    let mut armed: Option<Instant> = None;
+    loop {
+        // Set the timer no later than the next deadline; read the state again after
+        // publishing it (an event in between either saw it or is seen here).
+        loop {
+            let park = park_after.filter(|_| !closing);
+            let deadline = state
+                .next_deadline(&timeouts, park)
+                .filter(|d| !(closing && matches!(d, Deadline::Idle(_))))
+                .map(Deadline::at);
+            let due = match (deadline, hard_close_at) {
+                (Some(at), Some(hard)) => Some(at.min(hard)),
+                (at, hard) => at.or(hard),
+            };
+            let due = match (due, armed) {
+                (Some(due), Some(at)) if due >= at => break,
+                (None, Some(_)) => break,
+                (Some(due), _) => due,
+                (None, None) => Instant::now() + recheck,
+            };
+            timer.as_mut().reset(due);
+            armed = Some(due);
+            state.armed(armed);
+        }
+        tokio::select! {
+            biased;
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     debug!(%error, "client connection ended with an error");
                 }
                 return Driven::Ended;
             }
-            _ = context.cut.cancelled() => return Driven::Ended,
-            changed = phase.changed(), if !closing => {
-                if changed.is_err() || shuts_down(*phase.borrow_and_update()) {
-                    graceful(connection.as_mut());
-                    closing = true;
-                }
-            }
-            changed = app_goaways.changed(), if relay && !closing => {
-                relay = changed.is_ok();
-                if relay {
-                    debug!("the app sent GOAWAY, relaying it");
-                    context.metrics.goaways_relayed.inc();
-                    graceful(connection.as_mut());
-                    closing = true;
-                }
-            }
-            _ = state.wake.notified() => {
+            () = &mut cut => return Driven::Ended,
+            () = &mut woken => {
+                woken.set(state.wake.notified());
                 if goaway_after_first_request && !closing && state.first_request_seen() {
                     graceful(connection.as_mut());
                     closing = true;
                 }
             }
-            _ = tokio::time::sleep_until(wake_at) => {
+            () = &mut shutdown, if !closing => {
+                graceful(connection.as_mut());
+                closing = true;
+            }
+            () = &mut app_goaway, if !closing => {
+                debug!("the app sent GOAWAY, relaying it");
+                context.metrics.goaways_relayed.inc();
+                graceful(connection.as_mut());
+                closing = true;
+            }
+            () = &mut timer => {
+                armed = None;
+                state.armed(None);
                 let now = Instant::now();
-                match state.next_deadline(&timeouts, park) {
+                if hard_close_at.is_some_and(|at| at <= now) {
+                    return Driven::Ended;
+                }
+                match state.next_deadline(&timeouts, park_after.filter(|_| !closing)) {
                     Some(Deadline::Header(at)) if at <= now && h2 => {
                         // No request on a new HTTP/2 connection: GOAWAY, then close
                         // once it had a moment to reach the client.

@@ -89,6 +89,12 @@ impl Context {
         if !self.lifecycle.phase().holds_requests() {
             return Ok(None);
         }
+        // Boxed: only requests that arrive early wait, and every request carries
+        // this future.
+        Box::pin(self.hold()).await.map(Some)
+    }
+
+    async fn hold(&self) -> Result<Instant, StartupHoldExpired> {
         self.metrics.startup_held_requests.inc();
         let deadline = Instant::now() + self.config.startup_hold;
         if tokio::time::timeout_at(deadline, self.lifecycle.app_started())
@@ -98,6 +104,6 @@ impl Context {
             self.metrics.startup_hold_expired.inc();
             return Err(StartupHoldExpired);
         }
-        Ok(Some(deadline))
+        Ok(deadline)
     }
 }

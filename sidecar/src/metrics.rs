@@ -40,6 +40,23 @@ pub const TCP_APP_UNREACHABLE: &str = "app_unreachable";
 /// The `outcome` label values of `lameduck_tcp_connections_total`.
 pub const TCP_OUTCOMES: [&str; 3] = [TCP_CLOSED, TCP_CUT, TCP_APP_UNREACHABLE];
 
+/// The request series of one phase.
+#[derive(Debug)]
+pub struct PhaseSeries {
+    /// `lameduck_requests_total` by status class, 2xx to 5xx.
+    by_class: [IntCounter; 4],
+    /// `lameduck_request_duration_seconds`.
+    pub duration: Histogram,
+}
+
+impl PhaseSeries {
+    /// The requests counter of `status`'s class; none for 1xx.
+    pub fn answered(&self, status: u16) -> Option<&IntCounter> {
+        let class = usize::from(status.min(599) / 100);
+        self.by_class.get(class.checked_sub(2)?)
+    }
+}
+
 /// Every metric the sidecar exports. See docs/metrics.md.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -47,6 +64,10 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Request duration (to the end of the response body), by phase.
     pub request_duration: HistogramVec,
+    /// `requests` and `request_duration` resolved for the series created up front
+    /// (2xx to 5xx, every phase a request starts in but `drained`): a request's
+    /// accounting looks up no label.
+    series: std::sync::Arc<Vec<(Phase, PhaseSeries)>>,
     /// Requests in flight.
     pub requests_in_flight: IntGauge,
     /// 1 for the current phase, 0 for the others.
@@ -99,22 +120,36 @@ pub struct Metrics {
 impl Metrics {
     /// Creates the metrics and registers them on `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "lameduck_requests_total",
+                "Requests answered by the sidecar, by status class and the phase the request started in.",
+            ),
+            &["code_class", "phase"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "lameduck_request_duration_seconds",
+                "Time from request head to the end of the response body, by the phase the request started in.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["phase"],
+        )?;
+        let series = Phase::ALL
+            .into_iter()
+            .filter(|phase| *phase != Phase::Drained)
+            .map(|phase| {
+                let by_class = [200, 300, 400, 500].map(|status| {
+                    requests.with_label_values(&[code_class(status), phase.as_str()])
+                });
+                let duration = request_duration.with_label_values(&[phase.as_str()]);
+                (phase, PhaseSeries { by_class, duration })
+            })
+            .collect();
         let metrics = Self {
-            requests: IntCounterVec::new(
-                Opts::new(
-                    "lameduck_requests_total",
-                    "Requests answered by the sidecar, by status class and the phase the request started in.",
-                ),
-                &["code_class", "phase"],
-            )?,
-            request_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "lameduck_request_duration_seconds",
-                    "Time from request head to the end of the response body, by the phase the request started in.",
-                )
-                .buckets(DURATION_BUCKETS.to_vec()),
-                &["phase"],
-            )?,
+            requests,
+            request_duration,
+            series: std::sync::Arc::new(series),
             requests_in_flight: IntGauge::new(
                 "lameduck_requests_in_flight",
                 "Requests being proxied now.",
@@ -290,6 +325,36 @@ impl Metrics {
         }
         metrics.set_phase(Phase::Starting);
         Ok(metrics)
+    }
+
+    /// Counts a request that started in `phase`, answered with `status`, that took
+    /// `seconds`.
+    pub fn record_request(&self, phase: Phase, status: u16, seconds: f64) {
+        let series = self
+            .series
+            .iter()
+            .find(|(p, _)| *p == phase)
+            .map(|(_, s)| s);
+        match series {
+            Some(series) => {
+                if let Some(answered) = series.answered(status) {
+                    answered.inc();
+                } else {
+                    self.requests
+                        .with_label_values(&[code_class(status), phase.as_str()])
+                        .inc();
+                }
+                series.duration.observe(seconds);
+            }
+            None => {
+                self.requests
+                    .with_label_values(&[code_class(status), phase.as_str()])
+                    .inc();
+                self.request_duration
+                    .with_label_values(&[phase.as_str()])
+                    .observe(seconds);
+            }
+        }
     }
 
     /// Marks `current` as the phase.

@@ -30,7 +30,6 @@ use crate::context::Context;
 use crate::expect;
 use crate::lifecycle::Phase;
 use crate::log_limit::Limit;
-use crate::metrics::code_class;
 use crate::request_body::{self, RequestBody};
 use crate::upstream::{Body, BoxError, Lease, UpstreamError, full};
 use crate::watchdog::ConnState;
@@ -56,6 +55,53 @@ const GRPC_DEADLINE_EXCEEDED: u8 = 4;
 /// gRPC status `UNAVAILABLE`: the client may retry elsewhere.
 const GRPC_UNAVAILABLE: u8 = 14;
 
+/// The client at the other end of a connection: its address, and its IP as the
+/// `X-Forwarded-For` element the app is told, written once per connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    ip: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::try_from(addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { ip }
+    }
+}
+
+/// What one pass over a request's header names found: what the rest of the request's
+/// handling would otherwise look up one by one.
+#[derive(Debug, Default, Clone, Copy)]
+struct HeadScan {
+    /// `Host` fields.
+    hosts: usize,
+    /// A hop-by-hop field (`Connection` and the fixed ones) is present.
+    hop_by_hop: bool,
+    /// `Expect` is present.
+    expect: bool,
+}
+
+impl HeadScan {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut scan = Self::default();
+        for name in headers.keys() {
+            if name == header::HOST {
+                scan.hosts = headers.get_all(header::HOST).iter().count();
+            } else if name == header::EXPECT {
+                scan.expect = true;
+            } else if is_hop_by_hop(name) {
+                scan.hop_by_hop = true;
+            }
+        }
+        scan
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.iter().any(|hop| hop == name)
+}
+
 // === impl Context: one request ===
 
 impl Context {
@@ -63,27 +109,33 @@ impl Context {
     pub(crate) async fn handle(
         self: Arc<Self>,
         mut request: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
         conn: Arc<ConnState>,
     ) -> Response<Body> {
         let guard = RequestGuard::start(self.clone(), conn);
         let downstream_version = request.version();
         let wire = self.listener.upstream_protocol.wire(downstream_version);
-        let upgrade = (downstream_version == Version::HTTP_11 && wire == Wire::Http1)
-            .then(|| upgrade_protocol(request.headers()))
-            .flatten();
+        let head = HeadScan::of(request.headers());
+        let upgrade =
+            (downstream_version == Version::HTTP_11 && wire == Wire::Http1 && head.hop_by_hop)
+                .then(|| upgrade_protocol(request.headers()))
+                .flatten();
         let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let grpc = is_grpc(request.headers());
         let expect_continue = downstream_version == Version::HTTP_11
             && wire == Wire::Http1
+            && head.expect
             && expect::expects_continue(request.headers())
             && !request.body().is_end_stream();
         let mut request =
             track_request_body(request, &guard.conn, self.config.request_body_timeout);
         let gate = expect_continue.then(|| expect::gate(&mut request));
 
-        let mut response = match self.forward(request, peer, upgrade, wire, grpc).await {
-            Ok((response, lease)) => self.relay(response, lease, on_upgrade, gate),
+        let mut response = match self
+            .forward(request, head, &peer, upgrade, wire, grpc)
+            .await
+        {
+            Ok((response, lease)) => self.relay(response, lease, on_upgrade, gate, guard),
             Err(failure) => {
                 if let Failure::Refused(refusal) = &failure {
                     self.metrics
@@ -91,48 +143,34 @@ impl Context {
                         .with_label_values(&[refusal.as_str()])
                         .inc();
                 }
-                failure.response(grpc)
+                let (parts, body) = failure.response(grpc).into_parts();
+                let status = parts.status.as_u16();
+                let body = OnEnd::new(body, move |end| guard.end(status, end));
+                Response::from_parts(parts, body.boxed_unsync())
             }
         };
         *response.version_mut() = downstream_version;
+        // Read once the app has answered: a response given in the shutdown delay closes.
         if downstream_version < Version::HTTP_2 && self.lifecycle.phase().h1_connection_close() {
             // Tell HTTP/1 clients to take their next request elsewhere.
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        let (parts, body) = response.into_parts();
-        let status = parts.status.as_u16();
-        let body = OnEnd::new(body, move |end| match end {
-            End::Complete => guard.finish(status),
-            End::Failed => {
-                static FAILED: Limit = Limit::new();
-                if let Some(suppressed) = FAILED.allow() {
-                    warn!(status, suppressed, "response body failed mid-stream");
-                }
-                guard.finish(599);
-            }
-            // A cut or abandoned response is a failure whatever its status said.
-            End::Abandoned => {
-                if !guard.context.cut.is_cancelled() {
-                    guard.cancelled(crate::metrics::CANCELLED_DURING_RESPONSE);
-                }
-                guard.finish(status.max(599));
-            }
-        });
-        Response::from_parts(parts, body.boxed_unsync())
+        response
     }
 
     /// Waits for the app if needed and sends the request; a ready-made error response otherwise.
     async fn forward(
         &self,
         request: Request<Body>,
-        peer: SocketAddr,
+        head: HeadScan,
+        peer: &Peer,
         upgrade: Option<HeaderValue>,
         wire: Wire,
         grpc: bool,
     ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
-        if let Some(refusal) = Refusal::of_head(&request) {
+        if let Some(refusal) = Refusal::of_head(&request, head.hosts) {
             return Err(Failure::Refused(refusal));
         }
         let hold_until = self
@@ -144,12 +182,18 @@ impl Context {
         } else {
             Some(self.config.upstream_timeout)
         };
-        let request = upstream_request(request, peer, upgrade, wire, self.listener.upstream);
+        let request = upstream_request(
+            request,
+            head.hop_by_hop,
+            peer,
+            upgrade,
+            wire,
+            self.listener.upstream,
+        );
+        // One path for both (no timeout: tokio's far future), so the future every
+        // request carries holds one send, not two.
         let send = self.upstream.send(request, hold_until, wire);
-        let sent = match timeout {
-            Some(timeout) => tokio::time::timeout(timeout, send).await,
-            None => Ok(send.await),
-        };
+        let sent = tokio::time::timeout(timeout.unwrap_or(std::time::Duration::MAX), send).await;
         match sent {
             Ok(Ok(sent)) => Ok(sent),
             Ok(Err(error)) => {
@@ -160,15 +204,17 @@ impl Context {
         }
     }
 
-    /// Turns the app's response into the client's, tunnelling an accepted upgrade.
-    /// With `gate` (the client expects `100 Continue`), a response that ends before
-    /// the app asked for the body leaves the app connection unreusable.
+    /// Turns the app's response into the client's, tunnelling an accepted upgrade,
+    /// with `guard` told of its end. With `gate` (the client expects `100 Continue`),
+    /// a response that ends before the app asked for the body leaves the app
+    /// connection unreusable.
     fn relay(
         &self,
         response: Response<Incoming>,
         lease: Option<Lease>,
         on_upgrade: Option<hyper::upgrade::OnUpgrade>,
         gate: Option<Arc<expect::Gate>>,
+        guard: RequestGuard,
     ) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -187,10 +233,14 @@ impl Context {
                 self.tunnel(downstream, upstream);
                 // The lease's connection now belongs to the tunnel.
                 drop(lease);
-                Response::from_parts(parts, crate::upstream::empty())
+                let status = parts.status.as_u16();
+                let body = OnEnd::new(crate::upstream::empty(), move |end| guard.end(status, end));
+                Response::from_parts(parts, body.boxed_unsync())
             }
             _ => {
                 let upstream = self.upstream.clone();
+                let status = parts.status.as_u16();
+                // One wrapper for both ends: the app connection's and the request's.
                 let body = OnEnd::new(body, move |end| {
                     // Only a connection whose response was read to the end can be reused.
                     if let (End::Complete, Some(lease)) = (end, lease) {
@@ -199,6 +249,7 @@ impl Context {
                             upstream.release(lease);
                         }
                     }
+                    guard.end(status, end);
                 });
                 Response::from_parts(parts, body.boxed_unsync())
             }
@@ -267,6 +318,9 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -285,14 +339,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// authority (`:scheme`, `:authority`) and no Host header.
 fn upstream_request(
     request: Request<Body>,
-    peer: SocketAddr,
+    hop_by_hop: bool,
+    peer: &Peer,
     upgrade: Option<HeaderValue>,
     wire: Wire,
     app: SocketAddr,
 ) -> Request<Body> {
     let (mut parts, body) = request.into_parts();
-    let trailers = accepts_trailers(&parts.headers);
-    strip_hop_by_hop(&mut parts.headers);
+    let trailers = hop_by_hop && accepts_trailers(&parts.headers);
+    if hop_by_hop {
+        strip_hop_by_hop(&mut parts.headers);
+    }
     if trailers {
         parts
             .headers
@@ -310,19 +367,20 @@ fn upstream_request(
     {
         parts.headers.insert(header::HOST, host);
     }
-    let peer_ip = peer.ip().to_string();
     let forwarded_for = match parts.headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
-        Some(Ok(existing)) if !existing.trim().is_empty() => format!("{existing}, {peer_ip}"),
-        _ => peer_ip,
+        Some(Ok(existing)) if !existing.trim().is_empty() => {
+            let ip = peer.ip.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{existing}, {ip}")).ok()
+        }
+        _ => Some(peer.ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         parts.headers.insert(X_FORWARDED_FOR, value);
     }
-    if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-        parts
-            .headers
-            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
+    parts
+        .headers
+        .entry(X_FORWARDED_PROTO)
+        .or_insert(HeaderValue::from_static("http"));
     let path = parts
         .uri
         .path_and_query()
@@ -330,7 +388,10 @@ fn upstream_request(
         .unwrap_or("/");
     match wire {
         Wire::Http1 => {
-            parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+            // An origin-form target (the usual case) is sent as it came.
+            if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+            }
             parts.version = Version::HTTP_11;
         }
         Wire::H2c => {
@@ -474,12 +535,11 @@ impl Refusal {
         }
     }
 
-    /// The refusal a request head earns, if any.
-    fn of_head<B>(request: &Request<B>) -> Option<Self> {
+    /// The refusal a request head with `hosts` Host fields earns, if any.
+    fn of_head<B>(request: &Request<B>, hosts: usize) -> Option<Self> {
         if request.method() == http::Method::CONNECT {
             return Some(Self::Connect);
         }
-        let hosts = request.headers().get_all(header::HOST).iter().count();
         (request.version() == Version::HTTP_11 && hosts != 1).then_some(Self::Host)
     }
 }
@@ -616,18 +676,35 @@ impl RequestGuard {
         }
     }
 
+    /// Accounts for the end of a response that began with `status`.
+    fn end(self, status: u16, end: End) {
+        match end {
+            End::Complete => self.finish(status),
+            End::Failed => {
+                static FAILED: Limit = Limit::new();
+                if let Some(suppressed) = FAILED.allow() {
+                    warn!(status, suppressed, "response body failed mid-stream");
+                }
+                self.finish(599);
+            }
+            // A cut or abandoned response is a failure whatever its status said.
+            End::Abandoned => {
+                if !self.context.cut.is_cancelled() {
+                    self.cancelled(crate::metrics::CANCELLED_DURING_RESPONSE);
+                }
+                self.finish(status.max(599));
+            }
+        }
+    }
+
     /// The response was relayed to its end (or failed with `status`).
     fn finish(mut self, status: u16) {
         self.answered = true;
-        let metrics = &self.context.metrics;
-        metrics
-            .requests
-            .with_label_values(&[code_class(status), self.phase.as_str()])
-            .inc();
-        metrics
-            .request_duration
-            .with_label_values(&[self.phase.as_str()])
-            .observe(self.started.elapsed().as_secs_f64());
+        self.context.metrics.record_request(
+            self.phase,
+            status,
+            self.started.elapsed().as_secs_f64(),
+        );
     }
 }
 

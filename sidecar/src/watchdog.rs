@@ -18,9 +18,11 @@
 //!
 //! The IO reports reads and blocked writes, the requests report their start and end
 //! and whether their body was read to its end; the connection's task asks for the
-//! next deadline and sleeps until it (or until woken).
+//! next deadline and sets its timer no later than that. An event wakes the task only
+//! when the deadline it starts comes before that timer, so the requests of a busy
+//! connection wake nobody: the timer fires early now and then and is set again.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -46,6 +48,16 @@ pub(crate) struct ConnState {
     /// Since when writes to the client cannot complete (hyper holds unwritten
     /// bytes), ms since `epoch` plus one; 0: the last write completed.
     write_blocked_ms: AtomicU64,
+    /// When the connection's task has its timer set, ms since `epoch` plus one; 0:
+    /// not set. An event wakes the task only when the deadline it starts comes before
+    /// that timer: a busy connection's requests wake nobody.
+    armed_ms: AtomicU64,
+    /// How far past an event its deadline lies (ms): a request head's first byte,
+    /// the end of the last request in flight, a write that blocks. 0 until the
+    /// connection's task sets them: every event wakes it.
+    header_after_ms: AtomicU64,
+    done_after_ms: AtomicU64,
+    send_after_ms: AtomicU64,
     pub(crate) wake: Notify,
 }
 
@@ -61,6 +73,10 @@ impl ConnState {
             bodies_open: AtomicUsize::new(0),
             body_abandoned: AtomicBool::new(false),
             write_blocked_ms: AtomicU64::new(0),
+            armed_ms: AtomicU64::new(0),
+            header_after_ms: AtomicU64::new(0),
+            done_after_ms: AtomicU64::new(0),
+            send_after_ms: AtomicU64::new(0),
             wake: Notify::new(),
         }
     }
@@ -73,17 +89,58 @@ impl ConnState {
         self.epoch + Duration::from_millis(ms)
     }
 
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Tells the events how far past them their deadlines lie (`park_after`: the
+    /// HTTP/1 park), so that they wake the task only when it has to set its timer
+    /// sooner.
+    pub(crate) fn set_deadline_hints(&self, timeouts: &Timeouts, park_after: Option<Duration>) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2);
+        let done = park_after.map_or(timeouts.idle, |park| park.min(timeouts.idle));
+        self.header_after_ms
+            .store(ms(timeouts.header), Ordering::Relaxed);
+        self.done_after_ms.store(ms(done), Ordering::Relaxed);
+        self.send_after_ms
+            .store(ms(timeouts.send), Ordering::Relaxed);
+    }
+
+    /// The task's timer is set for `at` (`None`: not set). The caller reads the
+    /// state again afterwards: an event either sees this or is seen (both sides store,
+    /// fence, then load).
+    pub(crate) fn armed(&self, at: Option<Instant>) {
+        let ms = at.map_or(0, |at| self.ms(at) + 1);
+        self.armed_ms.store(ms, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+    }
+
+    /// An event at `now_ms` whose deadline lies `after` later: wakes the task if its
+    /// timer is not set or set later than that deadline.
+    fn wake_if_sooner(&self, now_ms: u64, after: &AtomicU64) {
+        fence(Ordering::SeqCst);
+        let deadline = now_ms.saturating_add(after.load(Ordering::Relaxed));
+        let armed = self.armed_ms.load(Ordering::Relaxed);
+        if armed == 0 || deadline < armed - 1 {
+            self.wake.notify_one();
+        }
+    }
+
     /// Bytes arrived from the client.
     pub(crate) fn on_read(&self) {
-        if self.h2.load(Ordering::Relaxed) || self.in_flight.load(Ordering::Acquire) > 0 {
+        if self.h2.load(Ordering::Relaxed)
+            || self.in_flight.load(Ordering::Acquire) > 0
+            || self.head_started_ms.load(Ordering::Relaxed) != 0
+        {
             return;
         }
+        let now = self.now_ms();
         if self
             .head_started_ms
-            .compare_exchange(0, self.now_ms() + 1, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
-            self.wake.notify_one();
+            self.wake_if_sooner(now, &self.header_after_ms);
         }
     }
 
@@ -91,7 +148,9 @@ impl ConnState {
     pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started_ms.store(0, Ordering::Release);
-        if !self.first_request_seen.swap(true, Ordering::AcqRel) {
+        if !self.first_request_seen.load(Ordering::Acquire)
+            && !self.first_request_seen.swap(true, Ordering::AcqRel)
+        {
             self.wake.notify_one();
         }
     }
@@ -103,9 +162,10 @@ impl ConnState {
 
     /// A request's response ended (or was abandoned).
     pub(crate) fn request_done(&self) {
-        self.last_done_ms.store(self.now_ms(), Ordering::Release);
+        let now = self.now_ms();
+        self.last_done_ms.store(now, Ordering::Release);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.wake.notify_one();
+        self.wake_if_sooner(now, &self.done_after_ms);
     }
 
     /// A request body that is not empty was handed to the proxy.
@@ -125,9 +185,9 @@ impl ConnState {
     pub(crate) fn on_write(&self, blocked: bool) {
         let since = self.write_blocked_ms.load(Ordering::Relaxed);
         if blocked && since == 0 {
-            self.write_blocked_ms
-                .store(self.now_ms() + 1, Ordering::Relaxed);
-            self.wake.notify_one();
+            let now = self.now_ms();
+            self.write_blocked_ms.store(now + 1, Ordering::Relaxed);
+            self.wake_if_sooner(now, &self.send_after_ms);
         } else if !blocked && since != 0 {
             self.write_blocked_ms.store(0, Ordering::Relaxed);
         }
@@ -356,5 +416,47 @@ mod tests {
         );
         state.on_write(false);
         assert_eq!(state.next_deadline(&TIMEOUTS, None), None);
+    }
+
+    /// Whether the connection's task was woken (a notification is waiting).
+    async fn woken(state: &ConnState) -> bool {
+        tokio::time::timeout(Duration::ZERO, state.wake.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_wake_the_task_only_when_their_deadline_comes_before_its_timer() {
+        let state = ConnState::new();
+        let park = Duration::from_millis(200);
+        state.set_deadline_hints(&TIMEOUTS, Some(park));
+        state.on_read();
+        assert!(woken(&state).await, "no timer set: every event wakes");
+        state.request_started();
+        assert!(woken(&state).await, "the first request always wakes");
+
+        // The timer is set sooner than anything these events start.
+        state.armed(Some(Instant::now() + Duration::from_millis(100)));
+        state.request_done();
+        assert!(!woken(&state).await, "the park deadline is 200 ms away");
+        state.on_read();
+        assert!(!woken(&state).await, "the header deadline is 10 s away");
+        state.request_started();
+        state.on_write(true);
+        assert!(!woken(&state).await, "the send deadline is 60 s away");
+        state.on_write(false);
+
+        // The timer is set later: each deadline that comes sooner wakes.
+        state.armed(Some(Instant::now() + Duration::from_secs(7200)));
+        state.request_done();
+        assert!(
+            woken(&state).await,
+            "the park deadline comes before the timer"
+        );
+        state.on_read();
+        assert!(woken(&state).await, "so does the header deadline");
+        state.request_started();
+        state.on_write(true);
+        assert!(woken(&state).await, "and the send deadline");
     }
 }

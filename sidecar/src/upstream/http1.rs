@@ -198,20 +198,30 @@ impl Pool {
     }
 
     /// A connection for one request: reused, newly opened, or waited for. `fresh_only`
-    /// (a retry) takes only a new one.
+    /// (a retry) takes only a new one. Opening and waiting are boxed: they are rare
+    /// next to reuse, and the future of every request would otherwise carry them.
     async fn lease(
         &self,
         fresh_only: bool,
         hold_until: Option<Instant>,
     ) -> Result<(Lease, bool), UpstreamError> {
+        match self.source(fresh_only) {
+            Source::Reused(lease) => Ok((lease, true)),
+            Source::Open(permit) => Ok((Box::pin(self.connect(permit, hold_until)).await?, false)),
+            Source::Wait(receiver) => {
+                Box::pin(self.wait_in_line(receiver, fresh_only, hold_until)).await
+            }
+        }
+    }
+
+    /// Waits for the connection released to `receiver` or a permit to open one.
+    async fn wait_in_line(
+        &self,
+        mut receiver: oneshot::Receiver<Lease>,
+        fresh_only: bool,
+        hold_until: Option<Instant>,
+    ) -> Result<(Lease, bool), UpstreamError> {
         loop {
-            let receiver = match self.source(fresh_only) {
-                Source::Reused(lease) => return Ok((lease, true)),
-                Source::Open(permit) => {
-                    return Ok((self.connect(permit, hold_until).await?, false));
-                }
-                Source::Wait(receiver) => receiver,
-            };
             let _waiting = Waiting::start(&self.metrics);
             let permits = self.permits.clone();
             // Never handed a connection (a retry waits for a permit only).
@@ -229,6 +239,13 @@ impl Pool {
                     return Ok((self.connect(permit, hold_until).await?, false));
                 }
             }
+            receiver = match self.source(fresh_only) {
+                Source::Reused(lease) => return Ok((lease, true)),
+                Source::Open(permit) => {
+                    return Ok((self.connect(permit, hold_until).await?, false));
+                }
+                Source::Wait(receiver) => receiver,
+            };
         }
     }
 
@@ -337,6 +354,7 @@ impl Pool {
             let result = loop {
                 let timeout = shared.effective_idle_timeout();
                 tokio::select! {
+                    biased;
                     result = connection.as_mut() => break result,
                     () = tokio::time::sleep(timeout) => {
                         let idle_since = task_watch.idle_since.load(Ordering::Acquire);

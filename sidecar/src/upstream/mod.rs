@@ -117,7 +117,8 @@ impl Upstream {
                 let (response, lease) = self.http1.send(request, hold_until).await?;
                 Ok((response, Some(lease)))
             }
-            Wire::H2c => Ok((self.h2.send(request, hold_until).await?, None)),
+            // Boxed: the HTTP/1.1 path's future, moved with every request, stays small.
+            Wire::H2c => Ok((Box::pin(self.h2.send(request, hold_until)).await?, None)),
         }
     }
 
