@@ -85,5 +85,6 @@ bench: ## benchmarks, side by side in one run (see benches/README.md)
 	benches/grpc-load/run.sh
 	benches/webhook/run.sh
 
-profile: ## where the sidecar's time and memory go: perf, heaptrack, RSS per idle connection (see benches/README.md)
+profile: ## where the sidecar's time and memory go: perf, heaptrack, RSS per idle connection, instructions per request (see benches/README.md)
 	benches/profile/run.sh
+	benches/instructions/run.sh

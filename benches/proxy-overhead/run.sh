@@ -239,7 +239,10 @@ if has rate; then
         summary="$OUT/raw/rate-$rate-$round-$t.json"
         before=$(cpu_ticks ${PIDS[$t]}); start=$(date +%s.%N)
         "$BIN/lameduck" load --url "http://${TARGETS[$t]}/" --rate "$rate" --duration "${RATE_SECONDS}s" \
-          --body lameduck-bench --quiet --allow-failures 1000000 --json-summary "$summary" >/dev/null
+          --body lameduck-bench --quiet --allow-failures 1000000 --json-summary "$summary" >/dev/null ||
+          # A target that falls behind the rate fills the client's in-flight limit: that
+          # run is recorded as measured (its achieved rate says so), not the end of all.
+          echo "$t at $rate/s: the load fell behind (exit $?), recorded as measured" >&2
         after=$(cpu_ticks ${PIDS[$t]}); end=$(date +%s.%N)
         python3 - "$summary" "$round" "$t" "$rate" "$((after - before))" "$HZ" "$start" "$end" >>"$OUT/rate.csv" <<'PY'
 import json, sys
