@@ -42,16 +42,16 @@ pub const TCP_OUTCOMES: [&str; 3] = [TCP_CLOSED, TCP_CUT, TCP_APP_UNREACHABLE];
 
 /// The request series of one phase.
 #[derive(Debug)]
-pub struct PhaseSeries {
+struct PhaseSeries {
     /// `lameduck_requests_total` by status class, 2xx to 5xx.
     by_class: [IntCounter; 4],
     /// `lameduck_request_duration_seconds`.
-    pub duration: Histogram,
+    duration: Histogram,
 }
 
 impl PhaseSeries {
     /// The requests counter of `status`'s class; none for 1xx.
-    pub fn answered(&self, status: u16) -> Option<&IntCounter> {
+    fn answered(&self, status: u16) -> Option<&IntCounter> {
         let class = usize::from(status.min(599) / 100);
         self.by_class.get(class.checked_sub(2)?)
     }
@@ -335,25 +335,20 @@ impl Metrics {
             .iter()
             .find(|(p, _)| *p == phase)
             .map(|(_, s)| s);
+        // Series not created up front (1xx, `drained`) are looked up by label.
+        match series.and_then(|series| series.answered(status)) {
+            Some(answered) => answered.inc(),
+            None => self
+                .requests
+                .with_label_values(&[code_class(status), phase.as_str()])
+                .inc(),
+        }
         match series {
-            Some(series) => {
-                if let Some(answered) = series.answered(status) {
-                    answered.inc();
-                } else {
-                    self.requests
-                        .with_label_values(&[code_class(status), phase.as_str()])
-                        .inc();
-                }
-                series.duration.observe(seconds);
-            }
-            None => {
-                self.requests
-                    .with_label_values(&[code_class(status), phase.as_str()])
-                    .inc();
-                self.request_duration
-                    .with_label_values(&[phase.as_str()])
-                    .observe(seconds);
-            }
+            Some(series) => series.duration.observe(seconds),
+            None => self
+                .request_duration
+                .with_label_values(&[phase.as_str()])
+                .observe(seconds),
         }
     }
 

@@ -37,7 +37,7 @@ use crate::watchdog::ConnState;
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
 /// `Trailer` is not one of them: it announces end-to-end trailer fields, and hyper
 /// sends on only the trailers it announces.
-const HOP_BY_HOP: [HeaderName; 6] = [
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -55,8 +55,8 @@ const GRPC_DEADLINE_EXCEEDED: u8 = 4;
 /// gRPC status `UNAVAILABLE`: the client may retry elsewhere.
 const GRPC_UNAVAILABLE: u8 = 14;
 
-/// The client at the other end of a connection: its address, and its IP as the
-/// `X-Forwarded-For` element the app is told, written once per connection.
+/// The client at the other end of a connection: its IP as the `X-Forwarded-For`
+/// element the app is told, written once per connection.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     ip: HeaderValue,

@@ -82,7 +82,7 @@ impl ConnState {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+        self.ms(Instant::now())
     }
 
     fn at(&self, ms: u64) -> Instant {

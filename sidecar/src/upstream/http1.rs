@@ -207,21 +207,26 @@ impl Pool {
     ) -> Result<(Lease, bool), UpstreamError> {
         match self.source(fresh_only) {
             Source::Reused(lease) => Ok((lease, true)),
-            Source::Open(permit) => Ok((Box::pin(self.connect(permit, hold_until)).await?, false)),
-            Source::Wait(receiver) => {
-                Box::pin(self.wait_in_line(receiver, fresh_only, hold_until)).await
-            }
+            source => Box::pin(self.open_or_wait(source, fresh_only, hold_until)).await,
         }
     }
 
-    /// Waits for the connection released to `receiver` or a permit to open one.
-    async fn wait_in_line(
+    /// Opens a connection on a permit, or waits for a connection released or a
+    /// permit, as `source` says (and again as long as a handed connection is closing).
+    async fn open_or_wait(
         &self,
-        mut receiver: oneshot::Receiver<Lease>,
+        mut source: Source,
         fresh_only: bool,
         hold_until: Option<Instant>,
     ) -> Result<(Lease, bool), UpstreamError> {
         loop {
+            let receiver = match source {
+                Source::Reused(lease) => return Ok((lease, true)),
+                Source::Open(permit) => {
+                    return Ok((self.connect(permit, hold_until).await?, false));
+                }
+                Source::Wait(receiver) => receiver,
+            };
             let _waiting = Waiting::start(&self.metrics);
             let permits = self.permits.clone();
             // Never handed a connection (a retry waits for a permit only).
@@ -239,13 +244,7 @@ impl Pool {
                     return Ok((self.connect(permit, hold_until).await?, false));
                 }
             }
-            receiver = match self.source(fresh_only) {
-                Source::Reused(lease) => return Ok((lease, true)),
-                Source::Open(permit) => {
-                    return Ok((self.connect(permit, hold_until).await?, false));
-                }
-                Source::Wait(receiver) => receiver,
-            };
+            source = self.source(fresh_only);
         }
     }
 
