@@ -12,6 +12,15 @@ use crate::timeline::{Event, EventKind, first};
 /// Two clocks meet here (the load's and the pods'): this much is allowed between them.
 const CLOCK_SLACK: Duration = Duration::from_millis(50);
 
+/// How long an app may take to take up a request sent to it: accept the connection and
+/// read the request. A request sent this close before its app's SIGTERM may still sit in
+/// the accept queue, or unread on an idle keep-alive connection, when the app begins to
+/// stop. An app that stops accepting and closes idle connections on SIGTERM loses it
+/// however gracefully it shuts down; only a pod that keeps serving until its endpoint
+/// is gone (preStop, the sidecar) saves it. So it counts with the requests sent to a
+/// terminating pod.
+const TAKE_UP: Duration = Duration::from_millis(20);
+
 /// Why a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -20,7 +29,8 @@ pub enum Cause {
     PrematureActivation,
     /// Sent to a pod that was then told to stop: SIGTERM cut it in flight.
     InflightCut,
-    /// Sent to a pod already deleted: the ingress had not learnt of it yet.
+    /// Sent to a pod already deleted (or so shortly before its app's SIGTERM that the app
+    /// could not take it up): the ingress had not learnt of it yet.
     StaleUpstream,
     /// Sent on a reused connection the app was closing: the keep-alive race.
     KeepaliveRace,
@@ -82,7 +92,9 @@ pub(crate) fn attribute(done: Duration, entry: Option<&Entry>, events: &[Event])
             let terminated = first(events, *pod, |k| matches!(k, EventKind::Sigterm(_)));
             if killed.is_some_and(|k| k <= done) {
                 Cause::GraceExpired
-            } else if deleted(*pod).is_some_and(|d| d <= entry.at) {
+            } else if deleted(*pod).is_some_and(|d| d <= entry.at)
+                || terminated.is_some_and(|t| t <= entry.at + TAKE_UP)
+            {
                 Cause::StaleUpstream
             } else if terminated.is_some_and(|t| t <= done) {
                 Cause::InflightCut
@@ -180,6 +192,31 @@ mod tests {
         let mixed = vec![Try::ConnectFailed { pod: 1 }, Try::ConnectFailed { pod: 2 }];
         let cause = attribute(ms(2600), Some(&entry(2500, mixed)), &timeline());
         assert_eq!(cause, Cause::Other, "pod 2 was not deleted");
+    }
+
+    #[test]
+    fn a_request_sent_just_before_sigterm_is_a_stale_upstream() {
+        // Without preStop, pod 1 is deleted and SIGTERMed at 1000: a request sent 5 ms
+        // before may not have been taken up by the app when it began to stop.
+        let no_prestop = vec![
+            event(0, 1, EventKind::Created),
+            event(100, 1, EventKind::AppServing),
+            event(1000, 1, EventKind::Deleted),
+            event(1000, 1, EventKind::Sigterm("app".into())),
+        ];
+        for reused in [false, true] {
+            let cause = attribute(ms(1010), Some(&entry(995, sent(1, reused))), &no_prestop);
+            assert_eq!(cause, Cause::StaleUpstream, "reused: {reused}");
+        }
+        let earlier = Entry {
+            at: ms(1000) - TAKE_UP - ms(1),
+            tries: sent(1, false),
+        };
+        let cause = attribute(ms(1010), Some(&earlier), &no_prestop);
+        assert_eq!(cause, Cause::InflightCut, "sent before the take-up window");
+        // With preStop the app had a second to take the same request up.
+        let cause = attribute(ms(2010), Some(&entry(995, sent(1, false))), &timeline());
+        assert_eq!(cause, Cause::InflightCut, "in flight for a second");
     }
 
     #[test]

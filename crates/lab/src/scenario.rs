@@ -20,7 +20,7 @@ use crate::cluster::Cluster;
 use crate::deployment::{self, Action};
 use crate::endpoints::{self, Publisher};
 use crate::ingress::lag::Lag;
-use crate::ingress::{Entry, Front, IngressError, IngressKind};
+use crate::ingress::{Entry, Front, IngressError, IngressKind, Try};
 use crate::timeline::{Event, Timeline};
 use crate::workload::{Workload, WorkloadError};
 use crate::{LabConfig, ScenarioResult, Trace, prometheus::Targets};
@@ -375,11 +375,18 @@ fn result(
         let cause = attribution::attribute(done, entry, &events);
         if debug {
             eprintln!(
-                "{scenario} seq {seq} {cause}: status {:?} grpc-status {:?} error {:?} ingress {entry:?}",
+                "{scenario} seq {seq} {cause} done at {done:?}: status {:?} grpc-status {:?} error {:?} ingress {entry:?}",
                 record.status(),
                 record.grpc_status(),
                 record.error(),
             );
+            let mut pods: Vec<usize> = entry
+                .map(|e| e.tries.iter().map(Try::pod).collect())
+                .unwrap_or_default();
+            pods.dedup();
+            for event in events.iter().filter(|e| pods.contains(&e.pod)) {
+                eprintln!("    pod {} at {:?}: {:?}", event.pod, event.at, event.kind);
+            }
         }
         *causes.entry(cause).or_insert(0) += 1;
         requests.push((sent, Some(cause)));

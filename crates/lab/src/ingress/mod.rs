@@ -53,6 +53,17 @@ pub enum Try {
     },
 }
 
+impl Try {
+    /// The pod this try went to.
+    pub fn pod(&self) -> usize {
+        match self {
+            Try::ConnectFailed { pod }
+            | Try::SentAndFailed { pod, .. }
+            | Try::Answered { pod, .. } => *pod,
+        }
+    }
+}
+
 /// What the ingress did with one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
